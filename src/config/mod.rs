@@ -1,0 +1,452 @@
+//! Typed configuration of one sandbox (`sandgate.yaml`), parsed once and
+//! checked at load. Every key is documented here and in
+//! `docs/configuration.md`; unknown keys, wrong types and duplicate keys are
+//! load errors located as `file:line`.
+
+mod source;
+pub mod units;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub use source::{ConfigError, ConfigErrors, Source, parse_yaml};
+pub use units::{ByteSize, Duration};
+
+/// The root of `sandgate.yaml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Public listeners. The first one is the one `--listen` overrides.
+    /// Default: one plain listener on `127.0.0.1:8080`.
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<ListenerConfig>,
+    /// The internal admin listener (health, readiness, metrics).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Host names (without port) the public listeners answer for; a request
+    /// for any other `Host` is refused with `misdirected_host` (421). Empty
+    /// means any host is accepted.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The APIs served, each under its own path prefix.
+    pub apis: Vec<ApiConfig>,
+    /// Size and count limits applied at the edge, before routing.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Timeouts applied at the edge.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![ListenerConfig {
+        addr: Spanned::new(
+            SocketAddr::from(([127, 0, 0, 1], 8080)),
+            serde_saphyr::Location::UNKNOWN,
+            serde_saphyr::Location::UNKNOWN,
+        ),
+        tls: None,
+    }]
+}
+
+/// One public listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address and port to bind, e.g. `0.0.0.0:8443`. Port 0 picks a free port.
+    pub addr: Spanned<SocketAddr>,
+    /// TLS settings; without them the listener speaks plain HTTP/1.1 and h2c.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS (and optionally mTLS) for one listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate chain, leaf first.
+    pub cert: Spanned<PathBuf>,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<PathBuf>,
+    /// PEM bundle of the CA certificates that client certificates must chain to.
+    /// Required when `client_auth` is `optional` or `required`.
+    pub client_ca: Option<Spanned<PathBuf>>,
+    /// Whether clients present certificates: `off` (never asked), `optional`
+    /// (asked; a presented certificate must verify), `required` (the handshake
+    /// fails without a valid one). Default: `optional` when `client_ca` is set,
+    /// otherwise `off`.
+    pub client_auth: Option<Spanned<ClientAuth>>,
+}
+
+/// Client-certificate policy of a TLS listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// No client certificate is requested.
+    Off,
+    /// A certificate is requested; one that is presented must verify.
+    Optional,
+    /// A valid certificate is required to complete the handshake.
+    Required,
+}
+
+/// The internal admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Keep it on a private interface.
+    /// Default: `127.0.0.1:9090`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+
+/// How an API's requests are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Proxied to a real sandbox backend (`upstream`).
+    Upstream,
+    /// Answered by sandgate from the API's contract (`contract`).
+    Facade,
+}
+
+/// One API served under a path prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Unique name of the API, used in refusals, metrics and logs.
+    pub name: Spanned<String>,
+    /// Path prefix under which the API is served, e.g. `/payments`. The
+    /// longest matching prefix wins; it matches whole path segments only.
+    pub prefix: Spanned<String>,
+    /// `upstream` (proxy to `upstream.url`) or `facade` (answer from `contract`).
+    pub mode: Spanned<Mode>,
+    /// OpenAPI 3.0 document (YAML or JSON) describing the API. Required for
+    /// `facade`; optional for `upstream`, where it makes unknown operations
+    /// refused at the gateway.
+    pub contract: Option<Spanned<PathBuf>>,
+    /// The real sandbox backend. Required for `upstream`.
+    pub upstream: Option<UpstreamConfig>,
+    /// Remove `prefix` from the path before matching the contract and before
+    /// proxying. Default: `true`.
+    #[serde(default = "yes")]
+    pub strip_prefix: bool,
+    /// Largest request body accepted for this API (overrides `limits.max_body`).
+    pub max_body: Option<ByteSize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The backend of an `upstream` API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL, `http://` or `https://`, optionally with a base path that is
+    /// put in front of the request path. Must not carry credentials.
+    pub url: Spanned<String>,
+    /// Time allowed for the backend to send its response head. Default: `30s`.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout: Duration,
+    /// Time allowed to open a connection. Default: `5s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Extra PEM CA bundle trusted for an `https` backend, on top of the
+    /// system roots.
+    pub ca: Option<Spanned<PathBuf>>,
+    /// How long an idle pooled connection to the backend is kept. Default: `90s`.
+    #[serde(default = "default_pool_idle")]
+    pub pool_idle_timeout: Duration,
+    /// Largest number of idle connections kept per backend host. Default: 64.
+    #[serde(default = "default_pool_max_idle")]
+    pub pool_max_idle: usize,
+}
+
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_pool_idle() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_pool_max_idle() -> usize {
+    64
+}
+
+/// Limits enforced at the edge. Requests over a limit are refused with
+/// problem+json; far beyond it (twice the header limits) hyper itself closes
+/// the exchange.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most request headers accepted (→ 431). Default: 100.
+    pub max_headers: usize,
+    /// Largest total size of the request head's header fields (→ 431). Default: `64KiB`.
+    pub max_header_bytes: ByteSize,
+    /// Longest request URI (→ 414). Default: `8KiB`.
+    pub max_uri: ByteSize,
+    /// Largest `Authorization` header (→ 431). Default: `8KiB`.
+    pub max_authorization: ByteSize,
+    /// Largest request body (→ 413), checked on `Content-Length` before reading.
+    /// Default: `1MiB`. Each API can override it with `max_body`.
+    pub max_body: ByteSize,
+    /// Most open connections per listener; further clients wait in the
+    /// kernel's accept queue. Default: 10000.
+    pub max_connections: usize,
+    /// HTTP/2: most concurrent streams per connection. Default: 100.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: initial flow-control window of a stream. Default: `64KiB`.
+    pub h2_stream_window: ByteSize,
+    /// HTTP/2: initial flow-control window of a connection. Default: `1MiB`.
+    pub h2_connection_window: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_headers: 100,
+            max_header_bytes: ByteSize::kib(64),
+            max_uri: ByteSize::kib(8),
+            max_authorization: ByteSize::kib(8),
+            max_body: ByteSize::mib(1),
+            max_connections: 10_000,
+            h2_max_concurrent_streams: 100,
+            h2_stream_window: ByteSize::kib(64),
+            h2_connection_window: ByteSize::mib(1),
+        }
+    }
+}
+
+/// Timeouts enforced at the edge.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// Time a client has to send a complete request head, and the longest an
+    /// idle HTTP/1.1 keep-alive connection is kept open. Default: `10s`.
+    pub header_read: Duration,
+    /// Time allowed for the TLS handshake. Default: `10s`.
+    pub tls_handshake: Duration,
+    /// Time from the request head to the response head, body upload included
+    /// (→ 408 `request_timeout`). Default: `30s`.
+    pub request: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may finish before the
+    /// process exits anyway. Default: `30s`.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            tls_handshake: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses `sandgate.yaml` of `source`, then checks everything
+    /// that does not need another file. All problems are reported at once.
+    pub fn load(source: &Source) -> Result<Config, ConfigErrors> {
+        let rel = Path::new(Source::MAIN_FILE);
+        let file = source.display_path(rel);
+        let text = source
+            .read_to_string(rel)
+            .map_err(|m| ConfigErrors(vec![ConfigError::new(&file, 0, m)]))?;
+        let config: Config = parse_yaml(&file, &text).map_err(|e| ConfigErrors(vec![e]))?;
+        let errors = config.check(&file);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Semantic checks of `sandgate.yaml` alone.
+    fn check(&self, file: &Path) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |line: u64, msg: String| errors.push(ConfigError::new(file, line, msg));
+
+        if self.listeners.is_empty() {
+            err(
+                0,
+                "`listeners` is empty: at least one public listener is needed".into(),
+            );
+        }
+        let mut addrs = HashSet::new();
+        for l in &self.listeners {
+            if !addrs.insert(l.addr.value) && l.addr.value.port() != 0 {
+                err(
+                    l.addr.referenced.line(),
+                    format!("listener address {} is listed twice", l.addr.value),
+                );
+            }
+            if let Some(tls) = &l.tls
+                && let Some(auth) = &tls.client_auth
+                && auth.value != ClientAuth::Off
+                && tls.client_ca.is_none()
+            {
+                err(
+                    auth.referenced.line(),
+                    format!("`client_auth: {:?}` needs `client_ca`, the CA bundle client certificates are checked against", auth.value).to_lowercase(),
+                );
+            }
+        }
+        if self.apis.is_empty() {
+            err(
+                0,
+                "`apis` is empty: a sandbox serves at least one API".into(),
+            );
+        }
+        let mut names = HashSet::new();
+        let mut prefixes = HashSet::new();
+        for api in &self.apis {
+            let name = &api.name.value;
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                err(
+                    api.name.referenced.line(),
+                    format!(
+                        "API name `{name}` must be non-empty and use only letters, digits, `_` and `-`"
+                    ),
+                );
+            }
+            if !names.insert(name.clone()) {
+                err(
+                    api.name.referenced.line(),
+                    format!("API name `{name}` is used twice"),
+                );
+            }
+            let prefix = &api.prefix.value;
+            if !prefix.starts_with('/')
+                || (prefix.len() > 1 && prefix.ends_with('/'))
+                || prefix.contains("//")
+                || prefix.split('/').any(|s| s == "." || s == "..")
+            {
+                err(
+                    api.prefix.referenced.line(),
+                    format!(
+                        "prefix `{prefix}` must start with `/`, not end with `/`, and have no empty, `.` or `..` segments"
+                    ),
+                );
+            } else if !prefixes.insert(prefix.clone()) {
+                err(
+                    api.prefix.referenced.line(),
+                    format!("prefix `{prefix}` is used by two APIs"),
+                );
+            }
+            match api.mode.value {
+                Mode::Facade if api.contract.is_none() => err(
+                    api.mode.referenced.line(),
+                    format!(
+                        "API `{name}` has `mode: facade` but no `contract`: the facade answers from the OpenAPI contract"
+                    ),
+                ),
+                Mode::Upstream if api.upstream.is_none() => err(
+                    api.mode.referenced.line(),
+                    format!(
+                        "API `{name}` has `mode: upstream` but no `upstream` section with the backend `url`"
+                    ),
+                ),
+                _ => {}
+            }
+            if let Some(up) = &api.upstream {
+                if let Err(m) = check_upstream_url(&up.url.value) {
+                    err(up.url.referenced.line(), m);
+                }
+                if up.timeout.get().is_zero() || up.connect_timeout.get().is_zero() {
+                    err(
+                        up.url.referenced.line(),
+                        format!("API `{name}`: upstream timeouts must be greater than zero"),
+                    );
+                }
+            }
+        }
+        for host in &self.hosts {
+            if host.is_empty() || host.contains(['/', ' ']) {
+                err(0, format!("`hosts` entry `{host}` is not a host name"));
+            }
+        }
+        let l = &self.limits;
+        if l.max_headers == 0
+            || l.max_header_bytes.0 < 1024
+            || l.max_uri.0 < 64
+            || l.max_connections == 0
+            || l.h2_max_concurrent_streams == 0
+        {
+            err(0, "`limits`: max_headers, max_connections and h2_max_concurrent_streams must be above zero, max_header_bytes at least 1KiB, max_uri at least 64B".into());
+        }
+        if l.h2_stream_window.0 < 65_535
+            || l.h2_stream_window.0 > (1 << 31) - 1
+            || l.h2_connection_window.0 < 65_535
+            || l.h2_connection_window.0 > (1 << 31) - 1
+        {
+            err(
+                0,
+                "`limits`: HTTP/2 windows must be between 65535 bytes and 2GiB".into(),
+            );
+        }
+        let t = &self.timeouts;
+        if t.header_read.get().is_zero()
+            || t.request.get().is_zero()
+            || t.tls_handshake.get().is_zero()
+        {
+            err(
+                0,
+                "`timeouts`: header_read, tls_handshake and request must be greater than zero"
+                    .into(),
+            );
+        }
+        errors
+    }
+}
+
+/// Checks an upstream base URL: http(s), a host, no credentials, no query.
+fn check_upstream_url(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("upstream url `{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(format!(
+                "upstream url `{url}` must start with http:// or https://"
+            ));
+        }
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("upstream url `{url}` has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err("upstream url must not carry credentials (user:password@); give the backend's credentials another way".into());
+    }
+    if uri.query().is_some() {
+        return Err(format!("upstream url `{url}` must not have a query string"));
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests;

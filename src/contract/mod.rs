@@ -1,0 +1,171 @@
+//! OpenAPI contracts: loading (YAML or JSON, OpenAPI 3.0.x), the operation
+//! router (method + path → operation, built once per configuration with
+//! matchit) and the documented examples the facade answers with.
+
+mod examples;
+mod router;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::config::{ConfigError, Source};
+
+pub use examples::PreparedResponse;
+pub use router::{OperationMatch, Router};
+
+/// One documented operation of a contract.
+#[derive(Debug)]
+pub struct Operation {
+    /// `operationId`, or `METHOD template` when the contract gives none.
+    pub id: String,
+    /// The HTTP method.
+    pub method: http::Method,
+    /// The path template as written in the contract, e.g. `/v1/customers/{customer}`.
+    pub template: String,
+    /// The answer the facade gives: the example of the lowest documented 2xx
+    /// response, prepared once at load. `None` when the contract has none.
+    pub example: Option<PreparedResponse>,
+}
+
+/// A loaded, compiled OpenAPI contract.
+#[derive(Debug)]
+pub struct Contract {
+    /// The document's `info.title`.
+    pub title: String,
+    /// Every operation, in document order.
+    pub operations: Vec<Operation>,
+    /// Method + path → operation.
+    pub router: Router,
+}
+
+const METHODS: [(&str, http::Method); 8] = [
+    ("get", http::Method::GET),
+    ("put", http::Method::PUT),
+    ("post", http::Method::POST),
+    ("delete", http::Method::DELETE),
+    ("options", http::Method::OPTIONS),
+    ("head", http::Method::HEAD),
+    ("patch", http::Method::PATCH),
+    ("trace", http::Method::TRACE),
+];
+
+impl Contract {
+    /// Loads the contract at `rel` of `source`. Errors name the file and,
+    /// where they can, the line or the JSON pointer inside it.
+    pub fn load(source: &Source, rel: &Path) -> Result<Contract, Vec<ConfigError>> {
+        let file = source.display_path(rel);
+        let text = source
+            .read_to_string(rel)
+            .map_err(|m| vec![ConfigError::new(&file, 0, m)])?;
+        Self::from_text(&file, &text)
+    }
+
+    /// Compiles a contract from its text (`file` is only used in messages).
+    pub fn from_text(file: &Path, text: &str) -> Result<Contract, Vec<ConfigError>> {
+        let doc: Value = if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| {
+                vec![ConfigError::new(
+                    file,
+                    e.line() as u64,
+                    format!("not valid JSON: {e}"),
+                )]
+            })?
+        } else {
+            crate::config::parse_yaml(file, text).map_err(|e| vec![e])?
+        };
+        let version = doc.get("openapi").and_then(Value::as_str).unwrap_or("");
+        if !version.starts_with("3.0") {
+            let msg = if version.is_empty() {
+                "not an OpenAPI 3.0 document: the `openapi` field is missing".to_owned()
+            } else {
+                format!("OpenAPI version `{version}` is not supported; use OpenAPI 3.0.x")
+            };
+            return Err(vec![ConfigError::new(file, 0, msg)]);
+        }
+        // The typed model proves the document's structure; the pointer says where it is not.
+        let typed: openapiv3::OpenAPI = serde_path_to_error::deserialize(&doc).map_err(|e| {
+            let pointer = to_pointer(&e.path().to_string());
+            vec![ConfigError::new(
+                file,
+                0,
+                format!("invalid OpenAPI at {pointer}: {}", e.inner()),
+            )]
+        })?;
+
+        let mut errors = Vec::new();
+        let mut operations = Vec::new();
+        let mut routes = Vec::new();
+        if let Some(paths) = doc.get("paths").and_then(Value::as_object) {
+            for (template, item) in paths {
+                let item = examples::resolve(&doc, item);
+                let mut ops = Vec::new();
+                for (key, method) in &METHODS {
+                    let Some(op) = item.get(*key) else { continue };
+                    let id = op
+                        .get("operationId")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| format!("{} {template}", method.as_str()));
+                    let example = match examples::prepare(&doc, op) {
+                        Ok(e) => e,
+                        Err(m) => {
+                            let pointer = format!("/paths/{}/{key}", escape_pointer(template));
+                            errors.push(ConfigError::new(file, 0, format!("at {pointer}: {m}")));
+                            None
+                        }
+                    };
+                    ops.push((method.clone(), operations.len()));
+                    operations.push(Operation {
+                        id,
+                        method: method.clone(),
+                        template: template.clone(),
+                        example,
+                    });
+                }
+                routes.push((template.clone(), ops));
+            }
+        }
+        let router = match Router::build(routes) {
+            Ok(r) => Some(r),
+            Err(m) => {
+                errors.push(ConfigError::new(file, 0, m));
+                None
+            }
+        };
+        match router {
+            Some(router) if errors.is_empty() => Ok(Contract {
+                title: typed.info.title,
+                operations,
+                router,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// Turns serde_path_to_error's `a.b[0].c` into a JSON pointer `/a/b/0/c`.
+fn to_pointer(path: &str) -> String {
+    if path == "." || path.is_empty() {
+        return "/".into();
+    }
+    let mut out = String::new();
+    for part in path.split('.') {
+        for piece in part.split('[') {
+            let piece = piece.trim_end_matches(']');
+            if !piece.is_empty() {
+                out.push('/');
+                out.push_str(&escape_pointer(piece));
+            }
+        }
+    }
+    out
+}
+
+/// Escapes one JSON-pointer reference token (RFC 6901).
+pub fn escape_pointer(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests;

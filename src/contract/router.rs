@@ -1,0 +1,122 @@
+//! Method + path → operation, with matchit. Built once per configuration.
+
+use http::Method;
+
+/// What a request's method and path resolve to in a contract.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OperationMatch {
+    /// A documented operation; `params` are the path parameters by name.
+    Found {
+        /// Index into [`super::Contract::operations`].
+        operation: usize,
+        /// Path parameters as (name, raw value).
+        params: Vec<(String, String)>,
+    },
+    /// The path is documented, but not for this method.
+    MethodNotAllowed {
+        /// The matched template.
+        template: String,
+        /// The documented methods.
+        allow: Vec<String>,
+    },
+    /// No documented path matches.
+    NotFound,
+}
+
+#[derive(Debug)]
+struct PathEntry {
+    template: String,
+    methods: Vec<(Method, usize)>,
+}
+
+/// The operation router of one contract.
+#[derive(Debug)]
+pub struct Router {
+    inner: matchit::Router<usize>,
+    paths: Vec<PathEntry>,
+}
+
+impl Router {
+    /// Builds the router from (template, [(method, operation index)]).
+    pub fn build(routes: Vec<(String, Vec<(Method, usize)>)>) -> Result<Router, String> {
+        let mut inner = matchit::Router::new();
+        let mut paths = Vec::with_capacity(routes.len());
+        for (template, methods) in routes {
+            if !template.starts_with('/') {
+                return Err(format!("path `{template}` must start with `/`"));
+            }
+            inner
+                .insert(template.clone(), paths.len())
+                .map_err(|e| format!("path `{template}` cannot be routed: {e}"))?;
+            paths.push(PathEntry { template, methods });
+        }
+        Ok(Router { inner, paths })
+    }
+
+    /// Resolves a request. `HEAD` falls back to the `GET` operation.
+    pub fn resolve(&self, method: &Method, path: &str) -> OperationMatch {
+        let Ok(m) = self.inner.at(path) else {
+            return OperationMatch::NotFound;
+        };
+        let entry = &self.paths[*m.value];
+        let found = entry
+            .methods
+            .iter()
+            .find(|(mm, _)| mm == method)
+            .or_else(|| {
+                (method == Method::HEAD)
+                    .then(|| entry.methods.iter().find(|(mm, _)| mm == Method::GET))
+                    .flatten()
+            });
+        match found {
+            Some((_, operation)) => OperationMatch::Found {
+                operation: *operation,
+                params: m
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            },
+            None => {
+                let mut allow: Vec<String> = entry
+                    .methods
+                    .iter()
+                    .map(|(m, _)| m.as_str().to_owned())
+                    .collect();
+                if allow.iter().any(|m| m == "GET") && !allow.iter().any(|m| m == "HEAD") {
+                    allow.push("HEAD".into());
+                }
+                OperationMatch::MethodNotAllowed {
+                    template: entry.template.clone(),
+                    allow,
+                }
+            }
+        }
+    }
+
+    /// The documented templates closest to `path`, best first (at most 3).
+    pub fn nearest(&self, path: &str) -> Vec<String> {
+        let mut scored: Vec<(f64, &str)> = self
+            .paths
+            .iter()
+            .map(|p| (strsim::jaro_winkler(path, &p.template), p.template.as_str()))
+            .filter(|(s, _)| *s > 0.7)
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        scored
+            .into_iter()
+            .take(3)
+            .map(|(_, t)| t.to_owned())
+            .collect()
+    }
+
+    /// Number of documented paths.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Whether the contract documents no path.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+}

@@ -1,0 +1,16 @@
+//! The bundled demo sandbox, compiled into the binary so `sandgate serve`
+//! works with no files at all. The same files live at the repository root
+//! (`sandgate.yaml`, `contracts/`), where `sandgate check --config .` checks them.
+
+use crate::config::Source;
+
+/// The demo's files.
+pub const FILES: &[(&str, &str)] = &[
+    ("sandgate.yaml", include_str!("../sandgate.yaml")),
+    ("contracts/payments.yaml", include_str!("../contracts/payments.yaml")),
+];
+
+/// The demo as a configuration source.
+pub fn source() -> Source {
+    Source::Embedded(FILES)
+}

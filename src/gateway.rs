@@ -1,0 +1,126 @@
+//! The public gateway: holds the current compiled sandbox (swapped
+//! atomically on reload) and answers each request by running the pipeline,
+//! then the respond stage (request id, metrics, access log).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::config::{ConfigErrors, Source};
+use crate::pipeline::{self, RequestFacts};
+use crate::refusal::Refusal;
+use crate::sandbox::{Overrides, Sandbox};
+use crate::server::{ConnInfo, Handler};
+use crate::telemetry::{ConfigReloaded, RequestCompleted, RequestRefused};
+
+/// The public gateway.
+pub struct Gateway {
+    sandbox: ArcSwap<Sandbox>,
+    source: Source,
+    overrides: Overrides,
+    ready: AtomicBool,
+}
+
+impl Gateway {
+    /// A gateway serving `sandbox`, which was loaded from `source`.
+    pub fn new(sandbox: Sandbox, source: Source, overrides: Overrides) -> Self {
+        Self {
+            sandbox: ArcSwap::from_pointee(sandbox),
+            source,
+            overrides,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The sandbox currently served.
+    pub fn sandbox(&self) -> Arc<Sandbox> {
+        self.sandbox.load_full()
+    }
+
+    /// Reloads the configuration from its source. On any problem the
+    /// running configuration stays in effect. Listener addresses and TLS
+    /// material of already-bound listeners change only on restart.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        match Sandbox::load(&self.source, &self.overrides) {
+            Ok(sb) => {
+                self.sandbox.store(Arc::new(sb));
+                ConfigReloaded {
+                    ok: true,
+                    errors: None,
+                }
+                .emit();
+                Ok(())
+            }
+            Err(e) => {
+                ConfigReloaded {
+                    ok: false,
+                    errors: Some(&e),
+                }
+                .emit();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the gateway is ready for traffic (listeners bound, not draining).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks the gateway ready or not ready (draining).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+impl Handler for Gateway {
+    async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
+        let started = Instant::now();
+        let sandbox = self.sandbox.load_full();
+        let method = req.method().clone();
+        let mut facts = RequestFacts {
+            request_id: crate::edge::request_id(req.headers()),
+            ..Default::default()
+        };
+
+        let outcome = tokio::time::timeout(
+            sandbox.timeouts.request.get(),
+            pipeline::run(&sandbox, req, &conn, &mut facts),
+        )
+        .await;
+        let result = outcome.unwrap_or_else(|_| {
+            Err(Refusal::RequestTimeout {
+                after: sandbox.timeouts.request.to_string(),
+            })
+        });
+
+        // respond: every answer carries the request id; refusals are rendered here, once.
+        let (mut resp, code) = match result {
+            Ok(resp) => (resp, None),
+            Err(refusal) => {
+                RequestRefused(&refusal).emit();
+                let code = refusal.code();
+                (refusal.into_response(&facts.request_id), Some(code))
+            }
+        };
+        crate::edge::set_request_id(resp.headers_mut(), &facts.request_id);
+        let api = facts.api.and_then(|i| sandbox.apis.get(i));
+        RequestCompleted {
+            request_id: &facts.request_id,
+            api: api.map(|a| (&*a.name, &a.metrics)),
+            operation: facts.operation.as_deref(),
+            method: &method,
+            status: resp.status().as_u16(),
+            code,
+            source: facts.source.map(|s| s.as_str()),
+            latency: started.elapsed(),
+        }
+        .emit();
+        resp
+    }
+}

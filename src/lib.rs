@@ -1,0 +1,34 @@
+//! sandgate: an edge gateway for API sandboxes.
+//!
+//! The request path is listed, in order, in [`pipeline`]; `ARCHITECTURE.md`
+//! walks one request through it. Module map:
+//!
+//! - [`server`]: listeners, TLS/mTLS, HTTP/1.1 + HTTP/2 connections
+//! - [`edge`]: head limits, canonical paths, request ids
+//! - [`pipeline`]: the stages (`route`, `dispatch`, …), in order
+//! - [`contract`]: OpenAPI loading, operation router, examples
+//! - [`facade`]: answers from the contract
+//! - [`upstream`]: the proxy to real sandbox backends
+//! - [`refusal`]: every refusal, rendered as problem+json
+//! - [`config`], [`sandbox`]: typed configuration and its compiled form
+//! - [`gateway`], [`admin`], [`run`]: the handlers and their lifecycle
+//! - [`telemetry`]: logs and metrics
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod contract;
+pub mod demo;
+pub mod edge;
+pub mod facade;
+pub mod gateway;
+pub mod pipeline;
+pub mod refusal;
+pub mod run;
+pub mod sandbox;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+
+pub use run::{Running, StartError, start};
+pub use sandbox::Overrides;

@@ -1,0 +1,68 @@
+//! The request path, in order. This file is the one place that lists the
+//! stages; read [`run`] top to bottom to follow a request.
+//!
+//! ```text
+//! edge      head limits, canonical path                (crate::edge)
+//! route     Host + prefix → API; method + path → operation
+//! identify  credentials → principal                     (coming: identity issue)
+//! admit     tenant active, plan allows the API          (coming: identity issue)
+//! limit     rate and quota                              (coming: limits issue)
+//! validate  request against the contract                (coming: facade issue)
+//! dispatch  facade answer or upstream proxy
+//! ```
+//!
+//! Every stage returns `Result<_, Refusal>`; the first refusal ends the
+//! request and is rendered by [`crate::refusal`]. Responding (request id,
+//! metrics, access log) happens in [`crate::gateway`], around this function.
+
+pub mod dispatch;
+pub mod route;
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::refusal::Refusal;
+use crate::sandbox::Sandbox;
+use crate::server::ConnInfo;
+
+/// What the pipeline learned about a request, for the response stage, the
+/// access log and metrics.
+#[derive(Debug, Default)]
+pub struct RequestFacts {
+    /// The request id.
+    pub request_id: String,
+    /// Index of the API in [`Sandbox::apis`], once routed.
+    pub api: Option<usize>,
+    /// The operation id, once resolved.
+    pub operation: Option<String>,
+    /// Where the answer came from.
+    pub source: Option<dispatch::AnswerSource>,
+}
+
+/// Runs the stages in order.
+pub async fn run(
+    sandbox: &Sandbox,
+    req: Request<Incoming>,
+    conn: &Arc<ConnInfo>,
+    facts: &mut RequestFacts,
+) -> Result<Response<Body>, Refusal> {
+    // edge: refuse oversized or non-canonical heads before any routing work.
+    crate::edge::check_head(&sandbox.limits, &req)?;
+    // route: the API and operation decide every later stage's rules.
+    let routed = route::route(sandbox, &req)?;
+    facts.api = Some(routed.api_index);
+    facts.operation = routed.operation.map(|op| {
+        routed
+            .api
+            .contract
+            .as_ref()
+            .map_or_else(String::new, |c| c.operations[op].id.clone())
+    });
+    // identify, admit, limit, validate: added by the identity, limits and
+    // facade issues, in this order, here.
+    // dispatch: answer from the facade or forward to the backend.
+    dispatch::dispatch(routed, req, conn, facts).await
+}

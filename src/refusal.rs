@@ -1,0 +1,496 @@
+//! Refusals: every reason the gateway itself says "no", as one typed enum,
+//! rendered in exactly one place as RFC 9457 `application/problem+json`.
+//!
+//! A refusal is the *gateway's* answer. An API's own error (a declined test
+//! card, a missing customer) is shaped by that API's contract instead.
+//!
+//! Invariant: no stage writes an error response by hand; each returns a
+//! [`Refusal`] and [`Refusal::into_response`] renders it.
+
+use std::fmt::Write as _;
+
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use crate::body::{Body, full};
+
+/// The pipeline stage that decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Connection and request-head limits, before anything sandbox-specific.
+    Edge,
+    /// Host, API and operation resolution.
+    Route,
+    /// Producing the answer: facade or upstream.
+    Dispatch,
+    /// The internal admin listener.
+    Admin,
+}
+
+impl Stage {
+    /// The stage's name as it appears in refusals, logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Stage::Edge => "edge",
+            Stage::Route => "route",
+            Stage::Dispatch => "dispatch",
+            Stage::Admin => "admin",
+        }
+    }
+}
+
+/// Every reason the gateway refuses a request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Refusal {
+    /// The request URI is longer than `limits.max_uri`.
+    UriTooLong {
+        /// Length of the URI sent.
+        len: usize,
+        /// The configured limit.
+        max: u64,
+    },
+    /// More header fields than `limits.max_headers`.
+    TooManyHeaders {
+        /// Number of fields sent.
+        count: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// Header fields larger in total than `limits.max_header_bytes`.
+    HeadersTooLarge {
+        /// Total size sent.
+        bytes: usize,
+        /// The configured limit.
+        max: u64,
+    },
+    /// One header field larger than its own limit (e.g. `Authorization`).
+    HeaderTooLarge {
+        /// The header's name.
+        name: &'static str,
+        /// Its size.
+        bytes: usize,
+        /// The configured limit.
+        max: u64,
+        /// The configuration key of the limit.
+        rule: &'static str,
+    },
+    /// The body is larger than the API's body limit.
+    PayloadTooLarge {
+        /// The announced `Content-Length`, when there was one.
+        declared: Option<u64>,
+        /// The limit that applied.
+        max: u64,
+        /// The configuration key of the limit.
+        rule: String,
+    },
+    /// The request body could not be read (the client aborted or sent a
+    /// malformed chunked body).
+    UnreadableBody,
+    /// The request was not completed within `timeouts.request`.
+    RequestTimeout {
+        /// The configured timeout, human readable.
+        after: String,
+    },
+    /// The path has dot segments or encoded slashes, which the gateway never
+    /// routes (they are how path-confusion and SSRF attacks start).
+    InvalidPath {
+        /// What exactly is wrong with it.
+        reason: &'static str,
+    },
+    /// The `Host` is not one the sandbox serves.
+    MisdirectedHost {
+        /// The host that was asked for.
+        host: String,
+        /// The hosts served.
+        hosts: Vec<String>,
+    },
+    /// No API is served under the path.
+    UnknownApi {
+        /// The path asked for.
+        path: String,
+        /// The APIs served, as (name, prefix).
+        apis: Vec<(String, String)>,
+    },
+    /// The API's contract documents no operation at this path.
+    UnknownOperation {
+        /// The API.
+        api: String,
+        /// The method asked for.
+        method: String,
+        /// The path asked for, relative to the API.
+        path: String,
+        /// The closest documented path templates, best first.
+        nearest: Vec<String>,
+    },
+    /// The path is documented, but not for this method.
+    MethodNotAllowed {
+        /// The API.
+        api: String,
+        /// The method asked for.
+        method: String,
+        /// The documented path template.
+        path: String,
+        /// The methods documented for it.
+        allow: Vec<String>,
+    },
+    /// The facade has nothing to answer with: the contract documents no
+    /// example for the operation's success response.
+    NoExample {
+        /// The API.
+        api: String,
+        /// The operation id.
+        operation: String,
+    },
+    /// The backend refused the connection or could not be reached.
+    UpstreamUnavailable {
+        /// The API.
+        api: String,
+    },
+    /// The backend did not send a response head in time.
+    UpstreamTimeout {
+        /// The API.
+        api: String,
+        /// The configured timeout, human readable.
+        after: String,
+    },
+    /// The backend broke the exchange (protocol error, reset).
+    UpstreamError {
+        /// The API.
+        api: String,
+    },
+    /// Nothing is served at this admin path.
+    AdminNotFound {
+        /// The path asked for.
+        path: String,
+    },
+    /// A bug or an unexpected condition inside the gateway.
+    Internal,
+}
+
+impl Refusal {
+    /// Stable snake_case identifier a client can branch on.
+    pub const fn code(&self) -> &'static str {
+        match self {
+            Refusal::UriTooLong { .. } => "uri_too_long",
+            Refusal::TooManyHeaders { .. } => "too_many_headers",
+            Refusal::HeadersTooLarge { .. } => "headers_too_large",
+            Refusal::HeaderTooLarge { .. } => "header_too_large",
+            Refusal::PayloadTooLarge { .. } => "payload_too_large",
+            Refusal::UnreadableBody => "unreadable_body",
+            Refusal::RequestTimeout { .. } => "request_timeout",
+            Refusal::InvalidPath { .. } => "invalid_path",
+            Refusal::MisdirectedHost { .. } => "misdirected_host",
+            Refusal::UnknownApi { .. } => "unknown_api",
+            Refusal::UnknownOperation { .. } => "unknown_operation",
+            Refusal::MethodNotAllowed { .. } => "method_not_allowed",
+            Refusal::NoExample { .. } => "no_example",
+            Refusal::UpstreamUnavailable { .. } => "upstream_unavailable",
+            Refusal::UpstreamTimeout { .. } => "upstream_timeout",
+            Refusal::UpstreamError { .. } => "upstream_error",
+            Refusal::AdminNotFound { .. } => "not_found",
+            Refusal::Internal => "internal_error",
+        }
+    }
+
+    /// The HTTP status.
+    pub const fn status(&self) -> StatusCode {
+        match self {
+            Refusal::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Refusal::TooManyHeaders { .. }
+            | Refusal::HeadersTooLarge { .. }
+            | Refusal::HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::UnreadableBody | Refusal::InvalidPath { .. } => StatusCode::BAD_REQUEST,
+            Refusal::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Refusal::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
+            Refusal::UnknownApi { .. }
+            | Refusal::UnknownOperation { .. }
+            | Refusal::AdminNotFound { .. } => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::NoExample { .. } => StatusCode::NOT_IMPLEMENTED,
+            Refusal::UpstreamUnavailable { .. } | Refusal::UpstreamError { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stage that decided.
+    pub const fn stage(&self) -> Stage {
+        match self {
+            Refusal::UriTooLong { .. }
+            | Refusal::TooManyHeaders { .. }
+            | Refusal::HeadersTooLarge { .. }
+            | Refusal::HeaderTooLarge { .. }
+            | Refusal::PayloadTooLarge { .. }
+            | Refusal::UnreadableBody
+            | Refusal::RequestTimeout { .. }
+            | Refusal::InvalidPath { .. } => Stage::Edge,
+            Refusal::MisdirectedHost { .. }
+            | Refusal::UnknownApi { .. }
+            | Refusal::UnknownOperation { .. }
+            | Refusal::MethodNotAllowed { .. } => Stage::Route,
+            Refusal::NoExample { .. }
+            | Refusal::UpstreamUnavailable { .. }
+            | Refusal::UpstreamTimeout { .. }
+            | Refusal::UpstreamError { .. }
+            | Refusal::Internal => Stage::Dispatch,
+            Refusal::AdminNotFound { .. } => Stage::Admin,
+        }
+    }
+
+    /// Short, fixed summary of the problem type.
+    pub const fn title(&self) -> &'static str {
+        match self {
+            Refusal::UriTooLong { .. } => "Request URI too long",
+            Refusal::TooManyHeaders { .. } => "Too many request headers",
+            Refusal::HeadersTooLarge { .. } => "Request headers too large",
+            Refusal::HeaderTooLarge { .. } => "Request header too large",
+            Refusal::PayloadTooLarge { .. } => "Request body too large",
+            Refusal::UnreadableBody => "Request body could not be read",
+            Refusal::RequestTimeout { .. } => "Request not completed in time",
+            Refusal::InvalidPath { .. } => "Path not accepted",
+            Refusal::MisdirectedHost { .. } => "Host not served here",
+            Refusal::UnknownApi { .. } => "No API at this path",
+            Refusal::UnknownOperation { .. } => "Operation not in the contract",
+            Refusal::MethodNotAllowed { .. } => "Method not allowed",
+            Refusal::NoExample { .. } => "No example to answer with",
+            Refusal::UpstreamUnavailable { .. } => "Sandbox backend unavailable",
+            Refusal::UpstreamTimeout { .. } => "Sandbox backend timed out",
+            Refusal::UpstreamError { .. } => "Sandbox backend failed",
+            Refusal::AdminNotFound { .. } => "Not found",
+            Refusal::Internal => "Internal gateway error",
+        }
+    }
+
+    /// The configuration entry that decided, when one did.
+    pub fn rule(&self) -> Option<String> {
+        match self {
+            Refusal::UriTooLong { .. } => Some("limits.max_uri".into()),
+            Refusal::TooManyHeaders { .. } => Some("limits.max_headers".into()),
+            Refusal::HeadersTooLarge { .. } => Some("limits.max_header_bytes".into()),
+            Refusal::HeaderTooLarge { rule, .. } => Some((*rule).into()),
+            Refusal::PayloadTooLarge { rule, .. } => Some(rule.clone()),
+            Refusal::RequestTimeout { .. } => Some("timeouts.request".into()),
+            Refusal::MisdirectedHost { .. } => Some("hosts".into()),
+            Refusal::UnknownApi { .. } => Some("apis".into()),
+            Refusal::UnknownOperation { api, .. }
+            | Refusal::MethodNotAllowed { api, .. }
+            | Refusal::NoExample { api, .. } => Some(format!("apis.{api}.contract")),
+            Refusal::UpstreamUnavailable { api } | Refusal::UpstreamError { api } => {
+                Some(format!("apis.{api}.upstream.url"))
+            }
+            Refusal::UpstreamTimeout { api, .. } => Some(format!("apis.{api}.upstream.timeout")),
+            Refusal::UnreadableBody
+            | Refusal::InvalidPath { .. }
+            | Refusal::AdminNotFound { .. }
+            | Refusal::Internal => None,
+        }
+    }
+
+    /// What happened, specific to this request. Never contains a secret.
+    pub fn detail(&self) -> String {
+        match self {
+            Refusal::UriTooLong { len, max } => {
+                format!("The request URI is {len} bytes long; at most {max} bytes are accepted.")
+            }
+            Refusal::TooManyHeaders { count, max } => {
+                format!("The request has {count} header fields; at most {max} are accepted.")
+            }
+            Refusal::HeadersTooLarge { bytes, max } => format!(
+                "The request's header fields total {bytes} bytes; at most {max} bytes are accepted."
+            ),
+            Refusal::HeaderTooLarge {
+                name, bytes, max, ..
+            } => format!(
+                "The `{name}` header is {bytes} bytes long; at most {max} bytes are accepted."
+            ),
+            Refusal::PayloadTooLarge {
+                declared: Some(n),
+                max,
+                ..
+            } => format!(
+                "The request body is {n} bytes (Content-Length); at most {max} bytes are accepted."
+            ),
+            Refusal::PayloadTooLarge {
+                declared: None,
+                max,
+                ..
+            } => {
+                format!("The request body is larger than the {max} bytes accepted.")
+            }
+            Refusal::UnreadableBody => {
+                "The request body ended early or was not valid HTTP framing.".into()
+            }
+            Refusal::RequestTimeout { after } => {
+                format!("The request was not completed within {after}.")
+            }
+            Refusal::InvalidPath { reason } => format!("The request path {reason}."),
+            Refusal::MisdirectedHost { host, .. } => {
+                format!("This gateway does not serve the host '{host}'.")
+            }
+            Refusal::UnknownApi { path, apis } => {
+                let mut d = format!("No API is served at '{path}'. APIs served:");
+                for (i, (name, prefix)) in apis.iter().enumerate() {
+                    let sep = if i == 0 { " " } else { ", " };
+                    let _ = write!(d, "{sep}'{name}' at {prefix}");
+                }
+                d.push('.');
+                d
+            }
+            Refusal::UnknownOperation {
+                api, method, path, ..
+            } => format!("API '{api}' documents no operation at {method} {path}."),
+            Refusal::MethodNotAllowed {
+                api,
+                method,
+                path,
+                allow,
+            } => format!(
+                "API '{api}' documents {path} for {}, not for {method}.",
+                allow.join(", ")
+            ),
+            Refusal::NoExample { api, operation } => format!(
+                "API '{api}' runs as a facade, and the contract documents no example for the success response of '{operation}'."
+            ),
+            Refusal::UpstreamUnavailable { api } => {
+                format!("The sandbox backend of API '{api}' could not be reached.")
+            }
+            Refusal::UpstreamTimeout { api, after } => {
+                format!("The sandbox backend of API '{api}' did not answer within {after}.")
+            }
+            Refusal::UpstreamError { api } => format!(
+                "The sandbox backend of API '{api}' broke off the exchange before a complete response."
+            ),
+            Refusal::AdminNotFound { path } => {
+                format!("Nothing is served at '{path}' on the admin listener.")
+            }
+            Refusal::Internal => "The gateway failed while handling this request.".into(),
+        }
+    }
+
+    /// What the caller can do next.
+    pub fn hint(&self) -> String {
+        match self {
+            Refusal::UriTooLong { .. } => "Move long parameters into a request body.".into(),
+            Refusal::TooManyHeaders { .. } | Refusal::HeadersTooLarge { .. } => {
+                "Send fewer or smaller headers (large cookies are the usual cause).".into()
+            }
+            Refusal::HeaderTooLarge { name, .. } => format!("Send a shorter `{name}` header."),
+            Refusal::PayloadTooLarge { .. } => {
+                "Send a smaller body; the limit is set per API by the sandbox operators.".into()
+            }
+            Refusal::UnreadableBody => "Resend the request with a complete body.".into(),
+            Refusal::RequestTimeout { .. } => {
+                "Send the request body promptly, or retry on a faster connection.".into()
+            }
+            Refusal::InvalidPath { .. } => {
+                "Send the canonical path: no `.` or `..` segments and no encoded `/` or `\\`.".into()
+            }
+            Refusal::MisdirectedHost { hosts, .. } => {
+                format!("Send the request to one of: {}.", hosts.join(", "))
+            }
+            Refusal::UnknownApi { apis, .. } => match apis.first() {
+                Some((_, prefix)) => format!("Start the path with an API's prefix, e.g. {prefix}/…"),
+                None => "This sandbox serves no API yet.".into(),
+            },
+            Refusal::UnknownOperation { nearest, .. } if !nearest.is_empty() => {
+                format!("Documented paths close to it: {}.", nearest.join(", "))
+            }
+            Refusal::UnknownOperation { .. } => {
+                "Check the path against the API's OpenAPI contract.".into()
+            }
+            Refusal::MethodNotAllowed { allow, .. } => {
+                format!("Use one of: {}.", allow.join(", "))
+            }
+            Refusal::NoExample { .. } => {
+                "Ask the API's team to add an `example` to the success response in the contract.".into()
+            }
+            Refusal::UpstreamUnavailable { .. } | Refusal::UpstreamError { .. } => {
+                "Retry later; if it persists, tell the sandbox operators.".into()
+            }
+            Refusal::UpstreamTimeout { .. } => {
+                "Retry later (use an Idempotency-Key for writes); if it persists, tell the sandbox operators.".into()
+            }
+            Refusal::AdminNotFound { .. } => {
+                "The admin listener serves /healthz, /readyz and /metrics.".into()
+            }
+            Refusal::Internal => "Retry; if it persists, report the request id to the sandbox operators.".into(),
+        }
+    }
+
+    /// Whether retrying the same request can succeed.
+    pub const fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Refusal::RequestTimeout { .. }
+                | Refusal::UpstreamUnavailable { .. }
+                | Refusal::UpstreamTimeout { .. }
+                | Refusal::UpstreamError { .. }
+                | Refusal::Internal
+        )
+    }
+
+    /// Renders the refusal as RFC 9457 problem+json. The only place a refusal
+    /// becomes a response.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let mut body = Map::new();
+        let code = self.code();
+        body.insert(
+            "type".into(),
+            json!(format!(
+                "https://docs.sandgate.dev/problems/{}",
+                code.replace('_', "-")
+            )),
+        );
+        body.insert("title".into(), json!(self.title()));
+        body.insert("status".into(), json!(self.status().as_u16()));
+        body.insert("detail".into(), json!(self.detail()));
+        body.insert("code".into(), json!(code));
+        body.insert("stage".into(), json!(self.stage().as_str()));
+        if let Some(rule) = self.rule() {
+            body.insert("rule".into(), json!(rule));
+        }
+        body.insert("hint".into(), json!(self.hint()));
+        body.insert("request_id".into(), json!(request_id));
+        body.insert("retryable".into(), json!(self.retryable()));
+        match &self {
+            Refusal::UnknownOperation { nearest, .. } if !nearest.is_empty() => {
+                body.insert("nearest".into(), json!(nearest));
+            }
+            Refusal::MethodNotAllowed { allow, .. } => {
+                body.insert("allow".into(), json!(allow));
+            }
+            Refusal::UnknownApi { apis, .. } => {
+                let list: Vec<Value> = apis
+                    .iter()
+                    .map(|(n, p)| json!({"name": n, "prefix": p}))
+                    .collect();
+                body.insert("apis".into(), Value::Array(list));
+            }
+            _ => {}
+        }
+        let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+        let mut resp = Response::new(full(bytes));
+        *resp.status_mut() = self.status();
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Refusal::MethodNotAllowed { allow, .. } = &self
+            && let Ok(v) = HeaderValue::from_str(&allow.join(", "))
+        {
+            headers.insert(header::ALLOW, v);
+        }
+        if matches!(self, Refusal::RequestTimeout { .. }) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests;

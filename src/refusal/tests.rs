@@ -1,0 +1,126 @@
+use super::*;
+use http_body_util::BodyExt;
+
+async fn render(r: Refusal) -> (StatusCode, http::HeaderMap, Value) {
+    let resp = r.into_response("req_test");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).expect("json"),
+    )
+}
+
+#[tokio::test]
+async fn every_refusal_has_the_problem_shape() {
+    let all = vec![
+        Refusal::UriTooLong {
+            len: 9000,
+            max: 8192,
+        },
+        Refusal::TooManyHeaders {
+            count: 101,
+            max: 100,
+        },
+        Refusal::HeadersTooLarge {
+            bytes: 70000,
+            max: 65536,
+        },
+        Refusal::HeaderTooLarge {
+            name: "authorization",
+            bytes: 9000,
+            max: 8192,
+            rule: "limits.max_authorization",
+        },
+        Refusal::PayloadTooLarge {
+            declared: Some(2),
+            max: 1,
+            rule: "limits.max_body".into(),
+        },
+        Refusal::UnreadableBody,
+        Refusal::RequestTimeout {
+            after: "30s".into(),
+        },
+        Refusal::InvalidPath {
+            reason: "has a `..` segment",
+        },
+        Refusal::MisdirectedHost {
+            host: "evil".into(),
+            hosts: vec!["localhost".into()],
+        },
+        Refusal::UnknownApi {
+            path: "/x".into(),
+            apis: vec![("a".into(), "/a".into())],
+        },
+        Refusal::UnknownOperation {
+            api: "a".into(),
+            method: "GET".into(),
+            path: "/y".into(),
+            nearest: vec!["/x".into()],
+        },
+        Refusal::MethodNotAllowed {
+            api: "a".into(),
+            method: "PUT".into(),
+            path: "/x".into(),
+            allow: vec!["GET".into()],
+        },
+        Refusal::NoExample {
+            api: "a".into(),
+            operation: "op".into(),
+        },
+        Refusal::UpstreamUnavailable { api: "a".into() },
+        Refusal::UpstreamTimeout {
+            api: "a".into(),
+            after: "5s".into(),
+        },
+        Refusal::UpstreamError { api: "a".into() },
+        Refusal::AdminNotFound { path: "/x".into() },
+        Refusal::Internal,
+    ];
+    let mut codes = std::collections::HashSet::new();
+    for r in all {
+        let code = r.code();
+        assert!(codes.insert(code), "duplicate code {code}");
+        let (status, headers, body) = render(r).await;
+        assert_eq!(
+            headers[header::CONTENT_TYPE],
+            "application/problem+json",
+            "{code}"
+        );
+        assert_eq!(body["status"], status.as_u16(), "{code}");
+        assert_eq!(body["code"], code);
+        assert_eq!(body["request_id"], "req_test");
+        for field in ["type", "title", "detail", "stage", "hint"] {
+            assert!(
+                body[field].as_str().is_some_and(|s| !s.is_empty()),
+                "{code} lacks {field}"
+            );
+        }
+        assert!(
+            body["type"]
+                .as_str()
+                .is_some_and(|t| t.ends_with(&code.replace('_', "-")))
+        );
+        assert!(
+            code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "{code}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn method_not_allowed_sets_allow() {
+    let (status, headers, body) = render(Refusal::MethodNotAllowed {
+        api: "payments".into(),
+        method: "PUT".into(),
+        path: "/v1/customers".into(),
+        allow: vec!["GET".into(), "POST".into()],
+    })
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers[header::ALLOW], "GET, POST");
+    assert_eq!(body["rule"], "apis.payments.contract");
+    assert_eq!(body["allow"], json!(["GET", "POST"]));
+}

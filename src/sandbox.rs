@@ -1,0 +1,183 @@
+//! A compiled sandbox: the configuration after every file it names has been
+//! read, every contract compiled into a router, every backend given a
+//! connection pool and every TLS listener its rustls configuration. Built
+//! once per (re)load and swapped in atomically; requests never see a
+//! half-loaded sandbox.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{
+    Config, ConfigError, ConfigErrors, LimitsConfig, Mode, Source, TimeoutsConfig,
+};
+use crate::contract::Contract;
+use crate::telemetry::ApiMetrics;
+use crate::upstream::Upstream;
+
+/// Command-line overrides applied on top of `sandgate.yaml`.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Replaces the address of the first public listener (`--listen`).
+    pub listen: Option<SocketAddr>,
+    /// Replaces the admin listener's address (`--admin-listen`).
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// One public listener, ready to bind.
+#[derive(Debug)]
+pub struct Listener {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// TLS configuration, for TLS listeners.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// One API, compiled.
+#[derive(Debug)]
+pub struct Api {
+    /// Unique name.
+    pub name: Arc<str>,
+    /// Path prefix.
+    pub prefix: String,
+    /// How requests are answered.
+    pub mode: Mode,
+    /// Whether the prefix is removed before matching and proxying.
+    pub strip_prefix: bool,
+    /// The compiled contract, if the API has one.
+    pub contract: Option<Contract>,
+    /// The backend, for `upstream` APIs.
+    pub upstream: Option<Upstream>,
+    /// Body limit in bytes.
+    pub max_body: u64,
+    /// The configuration key the body limit came from.
+    pub max_body_rule: String,
+    /// Pre-registered metric handles (no per-request label hashing).
+    pub metrics: ApiMetrics,
+}
+
+/// The compiled sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    /// Hosts served, lower-case; empty means any.
+    pub hosts: Vec<String>,
+    /// APIs, longest prefix first.
+    pub apis: Vec<Api>,
+    /// (name, prefix) of every API, for refusals that list them.
+    pub api_list: Vec<(String, String)>,
+    /// Edge limits.
+    pub limits: LimitsConfig,
+    /// Edge timeouts.
+    pub timeouts: TimeoutsConfig,
+    /// Public listeners.
+    pub listeners: Vec<Listener>,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+}
+
+impl Sandbox {
+    /// Loads and compiles the sandbox at `source`, reporting every problem found.
+    pub fn load(source: &Source, overrides: &Overrides) -> Result<Sandbox, ConfigErrors> {
+        let config = Config::load(source)?;
+        Self::build(config, source, overrides)
+    }
+
+    fn build(
+        config: Config,
+        source: &Source,
+        overrides: &Overrides,
+    ) -> Result<Sandbox, ConfigErrors> {
+        let file = source.display_path(Path::new(Source::MAIN_FILE));
+        let mut errors: Vec<ConfigError> = Vec::new();
+
+        let mut listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let addr = match (i, overrides.listen) {
+                (0, Some(a)) => a,
+                _ => l.addr.value,
+            };
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => match crate::server::tls::server_config(t, source, &file) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                },
+            };
+            listeners.push(Listener { addr, tls });
+        }
+
+        let mut apis = Vec::new();
+        for a in &config.apis {
+            let name = a.name.value.clone();
+            let contract = match &a.contract {
+                None => None,
+                Some(rel) => match Contract::load(source, &rel.value) {
+                    Ok(c) => Some(c),
+                    Err(mut es) => {
+                        // A missing file is a problem of sandgate.yaml's line.
+                        for e in &mut es {
+                            if e.line.is_none() && e.message.contains("does not exist") {
+                                *e = ConfigError::new(
+                                    &file,
+                                    rel.referenced.line(),
+                                    format!("API `{name}`: contract {}", e.message),
+                                );
+                            }
+                        }
+                        errors.extend(es);
+                        None
+                    }
+                },
+            };
+            let upstream = match &a.upstream {
+                None => None,
+                Some(u) => match Upstream::build(&name, u, source, &file) {
+                    Ok(up) => Some(up),
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                },
+            };
+            let (max_body, max_body_rule) = match a.max_body {
+                Some(b) => (b.bytes(), format!("apis.{name}.max_body")),
+                None => (config.limits.max_body.bytes(), "limits.max_body".to_owned()),
+            };
+            apis.push(Api {
+                metrics: ApiMetrics::new(&name),
+                name: Arc::from(name.as_str()),
+                prefix: a.prefix.value.clone(),
+                mode: a.mode.value,
+                strip_prefix: a.strip_prefix,
+                contract,
+                upstream,
+                max_body,
+                max_body_rule,
+            });
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        let api_list = apis
+            .iter()
+            .map(|a| (a.name.to_string(), a.prefix.clone()))
+            .collect();
+        apis.sort_by_key(|a| std::cmp::Reverse(a.prefix.len()));
+        Ok(Sandbox {
+            hosts: config
+                .hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            apis,
+            api_list,
+            limits: config.limits,
+            timeouts: config.timeouts,
+            listeners,
+            admin_listen: overrides.admin_listen.unwrap_or(config.admin.listen),
+        })
+    }
+}

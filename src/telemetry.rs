@@ -1,0 +1,165 @@
+//! Logs and metrics. One typed event per thing that happens, emitting the
+//! log line and the metric together. Metric labels are bounded: API names
+//! come from configuration, codes and stages from the refusal enum; never a
+//! tenant, a path or a request id.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::refusal::Refusal;
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ];
+            let handle = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            let upkeep = handle.clone();
+            // Histograms are drained periodically so memory stays flat.
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// Output format of the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sets up `tracing`. The filter comes from `SANDGATE_LOG` (e.g.
+/// `info`, `warn,sandgate::access=off`), default `info`.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SANDGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Metric handles of one API, registered once when the sandbox is built so
+/// the hot path only touches atomics.
+#[derive(Debug)]
+pub struct ApiMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl ApiMetrics {
+    /// Registers the handles of API `api`.
+    pub fn new(api: &str) -> Self {
+        let c = |class: &'static str| metrics::counter!("sandgate_requests_total", "api" => api.to_owned(), "status_class" => class);
+        Self {
+            by_class: [c("1xx"), c("2xx"), c("3xx"), c("4xx"), c("5xx")],
+            duration: metrics::histogram!("sandgate_request_duration_seconds", "api" => api.to_owned()),
+        }
+    }
+}
+
+/// A request was answered (served or refused).
+pub struct RequestCompleted<'a> {
+    /// The request id.
+    pub request_id: &'a str,
+    /// The API's metrics and name, when the request was routed.
+    pub api: Option<(&'a str, &'a ApiMetrics)>,
+    /// The operation id, when resolved.
+    pub operation: Option<&'a str>,
+    /// The method.
+    pub method: &'a http::Method,
+    /// The response status.
+    pub status: u16,
+    /// The refusal code, when refused.
+    pub code: Option<&'static str>,
+    /// Where the answer came from.
+    pub source: Option<&'static str>,
+    /// Time from request head to response head.
+    pub latency: Duration,
+}
+
+impl RequestCompleted<'_> {
+    /// Emits the access-log line and the request metrics.
+    pub fn emit(&self) {
+        let class = usize::from((self.status / 100).clamp(1, 5)) - 1;
+        match self.api {
+            Some((_, m)) => {
+                m.by_class[class].increment(1);
+                m.duration.record(self.latency.as_secs_f64());
+            }
+            None => {
+                const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+                metrics::counter!("sandgate_unrouted_requests_total", "status_class" => CLASSES[class]).increment(1);
+            }
+        }
+        tracing::info!(
+            target: "sandgate::access",
+            request_id = self.request_id,
+            api = self.api.map(|(n, _)| n),
+            operation = self.operation,
+            method = %self.method,
+            status = self.status,
+            code = self.code,
+            source = self.source,
+            latency_ms = self.latency.as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+/// A stage refused a request.
+pub struct RequestRefused<'a>(pub &'a Refusal);
+
+impl RequestRefused<'_> {
+    /// Counts the refusal by stage and code.
+    pub fn emit(&self) {
+        metrics::counter!("sandgate_refusals_total", "stage" => self.0.stage().as_str(), "code" => self.0.code()).increment(1);
+    }
+}
+
+/// The configuration was (re)loaded, or a reload was refused.
+pub struct ConfigReloaded<'a> {
+    /// Whether the new configuration is in effect.
+    pub ok: bool,
+    /// The problems, when it was refused.
+    pub errors: Option<&'a crate::config::ConfigErrors>,
+}
+
+impl ConfigReloaded<'_> {
+    /// Logs the outcome and counts it.
+    pub fn emit(&self) {
+        let outcome = if self.ok { "applied" } else { "refused" };
+        metrics::counter!("sandgate_config_reloads_total", "outcome" => outcome).increment(1);
+        match self.errors {
+            None => tracing::info!("configuration reloaded"),
+            Some(e) => {
+                tracing::error!(errors = %e, "configuration reload refused; the last good configuration keeps serving")
+            }
+        }
+    }
+}

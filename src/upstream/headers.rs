@@ -1,0 +1,132 @@
+//! Header hygiene between client and backend.
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+use super::{Forwarded, header_value};
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Identity headers a client could forge to impersonate a tenant, a client
+/// certificate or another network position. Removed before forwarding; the
+/// gateway sets the trustworthy ones itself. Any header starting with
+/// `x-sandgate-` or `sandgate-` is removed too.
+pub const IDENTITY_HEADERS: [&str; 14] = [
+    "x-forwarded-client-cert",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-client-verify",
+    "x-tenant-id",
+    "x-tenant",
+    "x-client-id",
+    "x-user-id",
+    "x-real-ip",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+];
+
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a client's headers for the backend.
+pub(super) fn prepare_request(headers: &mut HeaderMap, fwd: Forwarded<'_>) {
+    strip_hop_by_hop(headers);
+    for name in IDENTITY_HEADERS {
+        headers.remove(name);
+    }
+    let sandgate: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-sandgate-") || k.as_str().starts_with("sandgate-"))
+        .cloned()
+        .collect();
+    for name in sandgate {
+        headers.remove(name);
+    }
+    // The backend's Host comes from its own URL, set by the client.
+    headers.remove(header::HOST);
+    if let Some(v) = header_value(&fwd.client_ip.to_string()) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(fwd.proto));
+    if let Some(v) = fwd.host.and_then(header_value) {
+        headers.insert("x-forwarded-host", v);
+    }
+    if let Some(v) = header_value(fwd.request_id) {
+        headers.insert("x-request-id", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hygiene_removes_hop_by_hop_and_forged_identity() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("x-forwarded-client-cert", "Hash=forged"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-sandgate-tenant", "victim"),
+            ("host", "api.sandbox.example.com"),
+            ("accept", "application/json"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        prepare_request(
+            &mut h,
+            Forwarded {
+                client_ip: [10, 0, 0, 7].into(),
+                proto: "https",
+                host: Some("api.sandbox.example.com"),
+                request_id: "req_1",
+            },
+        );
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "te",
+            "transfer-encoding",
+            "x-forwarded-client-cert",
+            "x-sandgate-tenant",
+            "host",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be removed");
+        }
+        assert_eq!(h["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.sandbox.example.com");
+        assert_eq!(h["x-request-id"], "req_1");
+        assert_eq!(h["accept"], "application/json");
+    }
+}

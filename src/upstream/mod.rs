@@ -1,0 +1,218 @@
+//! The upstream proxy: a pooled hyper client per API (HTTP/1.1 and h2, TLS
+//! with the system roots plus an optional CA), header hygiene, and streaming
+//! bodies in both directions.
+//!
+//! Invariants: redirects are never followed (the client does not follow
+//! them); only the configured backend is ever contacted (the request path is
+//! appended to the configured base, never parsed as a URL); the backend sees
+//! no hop-by-hop header and no identity header the client made up.
+
+mod headers;
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{Body, BoxError};
+use crate::config::{ConfigError, Source, UpstreamConfig};
+use crate::refusal::Refusal;
+
+pub use headers::{IDENTITY_HEADERS, strip_hop_by_hop};
+
+/// Facts about the client connection the proxy passes on to the backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarded<'a> {
+    /// The client's IP address.
+    pub client_ip: std::net::IpAddr,
+    /// `https` or `http`, as the client connected.
+    pub proto: &'static str,
+    /// The `Host` the client asked for, if any.
+    pub host: Option<&'a str>,
+    /// The request id, passed on as `X-Request-Id`.
+    pub request_id: &'a str,
+}
+
+/// A configured backend with its connection pool.
+#[derive(Debug)]
+pub struct Upstream {
+    api: Arc<str>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
+    timeout: std::time::Duration,
+    timeout_text: String,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+}
+
+impl Upstream {
+    /// Builds the backend of API `api` from its configuration. `file` names
+    /// `sandgate.yaml` in messages.
+    pub fn build(
+        api: &str,
+        cfg: &UpstreamConfig,
+        source: &Source,
+        file: &std::path::Path,
+    ) -> Result<Upstream, ConfigError> {
+        let line = cfg.url.referenced.line();
+        let uri: Uri =
+            cfg.url.value.parse().map_err(|e| {
+                ConfigError::new(file, line, format!("upstream url is not a URL: {e}"))
+            })?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(ConfigError::new(
+                file,
+                line,
+                "upstream url needs a scheme and a host",
+            ));
+        };
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+
+        let mut roots = rustls::RootCertStore::empty();
+        // System roots are a convenience; a machine without them still works
+        // with the configured `ca`.
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(ca) = &cfg.ca {
+            let pem = source
+                .read(&ca.value)
+                .map_err(|m| ConfigError::new(file, ca.referenced.line(), m))?;
+            let certs = crate::server::tls::parse_certs(&pem).map_err(|m| {
+                ConfigError::new(file, ca.referenced.line(), format!("upstream `ca`: {m}"))
+            })?;
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    ConfigError::new(
+                        file,
+                        ca.referenced.line(),
+                        format!("upstream `ca` has an unusable certificate: {e}"),
+                    )
+                })?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new(file, line, format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(cfg.connect_timeout.get()));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout.get())
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .build(connector);
+        Ok(Upstream {
+            api: Arc::from(api),
+            scheme,
+            authority,
+            base_path,
+            timeout: cfg.timeout.get(),
+            timeout_text: cfg.timeout.to_string(),
+            client,
+        })
+    }
+
+    /// Forwards `req` (whose path, prefix already stripped, is `path`) and
+    /// returns the backend's response with its body streaming.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        max_body: u64,
+        max_body_rule: &str,
+        fwd: Forwarded<'_>,
+    ) -> Result<Response<Body>, Refusal> {
+        let (mut parts, body) = req.into_parts();
+        let mut pq = String::with_capacity(self.base_path.len() + path.len() + 64);
+        pq.push_str(&self.base_path);
+        pq.push_str(path);
+        if let Some(q) = parts.uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        parts.uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| Refusal::Internal)?;
+        parts.version = Version::HTTP_11;
+        headers::prepare_request(&mut parts.headers, fwd);
+
+        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+        let body: Body = Limited::new(body, limit).boxed();
+        let req = Request::from_parts(parts, body);
+
+        let api = || self.api.to_string();
+        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => {
+                metrics::counter!("sandgate_upstream_errors_total", "api" => self.api.to_string(), "kind" => "timeout").increment(1);
+                return Err(Refusal::UpstreamTimeout {
+                    api: api(),
+                    after: self.timeout_text.clone(),
+                });
+            }
+            Ok(Err(e)) => {
+                if is_body_limit(&e) {
+                    return Err(Refusal::PayloadTooLarge {
+                        declared: None,
+                        max: max_body,
+                        rule: max_body_rule.to_owned(),
+                    });
+                }
+                let kind = if e.is_connect() {
+                    "connect"
+                } else {
+                    "protocol"
+                };
+                metrics::counter!("sandgate_upstream_errors_total", "api" => self.api.to_string(), "kind" => kind).increment(1);
+                tracing::warn!(api = %self.api, kind, error = %e, "upstream request failed");
+                return Err(if e.is_connect() {
+                    Refusal::UpstreamUnavailable { api: api() }
+                } else {
+                    Refusal::UpstreamError { api: api() }
+                });
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A value for `X-Forwarded-For` and friends.
+fn header_value(s: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(s).ok()
+}
