@@ -78,17 +78,19 @@ pub struct Sandbox {
 impl Sandbox {
     /// Loads and compiles the sandbox at `source`, reporting every problem found.
     pub fn load(source: &Source, overrides: &Overrides) -> Result<Sandbox, ConfigErrors> {
-        let config = Config::load(source)?;
-        Self::build(config, source, overrides)
+        // Problems of sandgate.yaml and of the files it names are reported
+        // together, so one `sandgate check` shows everything to fix.
+        let (config, errors) = Config::parse(source)?;
+        Self::build(config, errors, source, overrides)
     }
 
     fn build(
         config: Config,
+        mut errors: Vec<ConfigError>,
         source: &Source,
         overrides: &Overrides,
     ) -> Result<Sandbox, ConfigErrors> {
         let file = source.display_path(Path::new(Source::MAIN_FILE));
-        let mut errors: Vec<ConfigError> = Vec::new();
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
@@ -159,6 +161,7 @@ impl Sandbox {
             });
         }
         if !errors.is_empty() {
+            errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             return Err(ConfigErrors(errors));
         }
         let api_list = apis

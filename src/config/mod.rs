@@ -267,6 +267,18 @@ impl Config {
     /// Reads and parses `sandgate.yaml` of `source`, then checks everything
     /// that does not need another file. All problems are reported at once.
     pub fn load(source: &Source) -> Result<Config, ConfigErrors> {
+        let (config, errors) = Self::parse(source)?;
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Parses `sandgate.yaml`; a syntax or type error is fatal, semantic
+    /// problems are returned beside the parsed value so a caller can go on
+    /// to find problems in the files it names too.
+    pub fn parse(source: &Source) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let rel = Path::new(Source::MAIN_FILE);
         let file = source.display_path(rel);
         let text = source
@@ -274,11 +286,7 @@ impl Config {
             .map_err(|m| ConfigErrors(vec![ConfigError::new(&file, 0, m)]))?;
         let config: Config = parse_yaml(&file, &text).map_err(|e| ConfigErrors(vec![e]))?;
         let errors = config.check(&file);
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        Ok((config, errors))
     }
 
     /// Semantic checks of `sandgate.yaml` alone.
@@ -305,9 +313,16 @@ impl Config {
                 && auth.value != ClientAuth::Off
                 && tls.client_ca.is_none()
             {
+                let mode = if auth.value == ClientAuth::Required {
+                    "required"
+                } else {
+                    "optional"
+                };
                 err(
                     auth.referenced.line(),
-                    format!("`client_auth: {:?}` needs `client_ca`, the CA bundle client certificates are checked against", auth.value).to_lowercase(),
+                    format!(
+                        "`client_auth: {mode}` needs `client_ca`, the CA bundle client certificates are checked against"
+                    ),
                 );
             }
         }
