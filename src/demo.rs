@@ -7,7 +7,10 @@ use crate::config::Source;
 /// The demo's files.
 pub const FILES: &[(&str, &str)] = &[
     ("sandgate.yaml", include_str!("../sandgate.yaml")),
-    ("contracts/payments.yaml", include_str!("../contracts/payments.yaml")),
+    (
+        "contracts/payments.yaml",
+        include_str!("../contracts/payments.yaml"),
+    ),
 ];
 
 /// The demo as a configuration source.
