@@ -42,6 +42,8 @@ pub struct Running {
     /// The gateway itself (for reloads and readiness).
     pub gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
+    admin_tracker: TaskTracker,
     tracker: TaskTracker,
     grace: Duration,
 }
@@ -109,21 +111,28 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         let sb = gw.sandbox();
         ConnSettings::new(&sb.limits, &sb.timeouts)
     };
+    // The admin listener has its own stop signal: it keeps answering
+    // (/readyz says 503) while the public listeners drain.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin_tracker = TaskTracker::new();
     tokio::spawn(server::serve(
         admin_listener,
         None,
         admin_handler,
         admin_settings,
         64,
-        tracker.clone(),
-        stop_rx,
+        admin_tracker.clone(),
+        admin_stop_rx,
     ));
+    drop(stop_rx);
     gateway.set_ready(true);
     Ok(Running {
         public,
         admin,
         gateway,
         stop,
+        admin_stop,
+        admin_tracker,
         tracker,
         grace,
     })
@@ -141,9 +150,14 @@ impl Running {
         self.gateway.set_ready(false);
         let _ = self.stop.send(true);
         self.tracker.close();
-        tokio::time::timeout(self.grace, self.tracker.wait())
+        let drained = tokio::time::timeout(self.grace, self.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        let _ = self.admin_stop.send(true);
+        self.admin_tracker.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.admin_tracker.wait())
+            .await;
+        drained
     }
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then drains.
