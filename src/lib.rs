@@ -27,6 +27,7 @@ pub mod refusal;
 pub mod run;
 pub mod sandbox;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;
 

@@ -1,0 +1,103 @@
+//! The store: where tenants, credentials and (with later issues) counters,
+//! state, idempotency records and traces live. One trait, several backends:
+//! `memory` (tests, throwaway demos), `file` (embedded redb: survives a
+//! restart and a `kill -9`), and `redis` (shared by replicas; limits issue).
+//!
+//! Keys are strings; everything that belongs to a tenant is under
+//! [`keys::tenant`]'s prefix, so a reset is one `delete_prefix` and one
+//! tenant can never name another tenant's key.
+
+mod file;
+mod memory;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value could not be decoded.
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The future every store operation returns.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// A key-value store with expiry, ordered scans and atomic counters.
+pub trait Store: Send + Sync + 'static {
+    /// The value at `key`, unless absent or expired.
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+    /// Sets `key`, replacing any value; `ttl` makes it expire.
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, ()>;
+    /// Sets `key` only when it is absent (or expired); returns whether it was set.
+    fn put_if_absent<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> StoreFuture<'a, bool>;
+    /// Removes `key`; returns whether it was present.
+    fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool>;
+    /// Live entries whose key starts with `prefix`, in key order, after the
+    /// key `after` (exclusive) when given, at most `limit`.
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> StoreFuture<'a, Vec<(String, Vec<u8>)>>;
+    /// Removes every key starting with `prefix`; returns how many.
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64>;
+    /// Atomically adds `by` to the integer at `key` (absent counts as 0) and
+    /// returns the new value. `ttl` is applied when the counter is created.
+    fn incr<'a>(&'a self, key: &'a str, by: i64, ttl: Option<Duration>) -> StoreFuture<'a, i64>;
+    /// The backend's name (`memory`, `file`, `redis`), for logs and metrics.
+    fn kind(&self) -> &'static str;
+}
+
+/// A shared store.
+pub type SharedStore = Arc<dyn Store>;
+
+/// Milliseconds since the Unix epoch: stored expiry times survive restarts.
+pub type NowMillis = fn() -> u64;
+
+/// The system clock, in milliseconds since the Unix epoch.
+pub fn system_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Expiry instant of a value written at `now` with `ttl` (0: never).
+fn expiry(now: u64, ttl: Option<Duration>) -> u64 {
+    ttl.map_or(0, |t| now.saturating_add(t.as_millis() as u64).max(1))
+}
+
+/// Key layout. Every tenant-owned key starts with `t/<tenant>/`.
+pub mod keys {
+    /// Prefix of everything a tenant owns.
+    pub fn tenant(tenant: &str) -> String {
+        format!("t/{tenant}/")
+    }
+    /// A key owned by `tenant`.
+    pub fn tenant_key(tenant: &str, rest: &str) -> String {
+        format!("t/{tenant}/{rest}")
+    }
+}
+
+#[cfg(test)]
+mod tests;
