@@ -10,6 +10,9 @@ use hyper::body::Incoming;
 use crate::config::LimitsConfig;
 use crate::refusal::Refusal;
 
+/// The request id header.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Longest inbound `X-Request-Id` kept.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -17,7 +20,7 @@ const MAX_REQUEST_ID: usize = 128;
 /// `A-Z a-z 0-9 - _ . :`) is kept so a caller can correlate; anything else is
 /// replaced by a fresh `req_<ULID>`.
 pub fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+    if let Some(v) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok())
         && !v.is_empty()
         && v.len() <= MAX_REQUEST_ID
         && v.bytes()
@@ -76,10 +79,25 @@ pub fn check_path(path: &str) -> Result<(), Refusal> {
             reason: "does not start with `/`",
         });
     }
+    if path.contains('\\') {
+        return Err(Refusal::InvalidPath {
+            reason: "has a `\\`",
+        });
+    }
+    // Fast path: no `.` and no `%` means nothing to decode and no dot segment.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(());
+    }
+    for seg in path.split('/') {
+        if is_dot_segment(seg) {
+            return Err(Refusal::InvalidPath {
+                reason: "has a `.` or `..` segment",
+            });
+        }
+    }
     let b = path.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
+    for i in 0..b.len().saturating_sub(2) {
+        if b[i] == b'%' {
             let hex = [b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()];
             if hex == *b"2f" || hex == *b"5c" {
                 return Err(Refusal::InvalidPath {
@@ -87,23 +105,29 @@ pub fn check_path(path: &str) -> Result<(), Refusal> {
                 });
             }
         }
-        i += 1;
-    }
-    for seg in path.split('/') {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        if decoded == "." || decoded == ".." {
-            return Err(Refusal::InvalidPath {
-                reason: "has a `.` or `..` segment",
-            });
-        }
-    }
-    if path.contains('\\') {
-        return Err(Refusal::InvalidPath {
-            reason: "has a `\\`",
-        });
     }
     Ok(())
+}
+
+/// `.` or `..`, with any of the dots percent-encoded (`%2e`, `%2E`).
+fn is_dot_segment(seg: &str) -> bool {
+    let mut dots = 0;
+    let mut rest = seg.as_bytes();
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3
+            && rest[0] == b'%'
+            && rest[1] == b'2'
+            && rest[2].eq_ignore_ascii_case(&b'e')
+        {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// Refuses a body whose `Content-Length` is over `max` before reading any of it.
@@ -140,7 +164,7 @@ pub async fn read_body(body: Incoming, max: u64, rule: &str) -> Result<bytes::By
 /// Sets the request id on a response.
 pub fn set_request_id(headers: &mut HeaderMap, id: &str) {
     if let Ok(v) = HeaderValue::from_str(id) {
-        headers.insert("x-request-id", v);
+        headers.insert(X_REQUEST_ID, v);
     }
 }
 

@@ -113,7 +113,9 @@ impl Handler for Gateway {
         RequestCompleted {
             request_id: &facts.request_id,
             api: api.map(|a| (&*a.name, &a.metrics)),
-            operation: facts.operation.as_deref(),
+            operation: api
+                .zip(facts.operation)
+                .and_then(|(a, op)| a.contract.as_ref().map(|c| c.operations[op].id.as_str())),
             method: &method,
             status: resp.status().as_u16(),
             code,

@@ -5,12 +5,10 @@ use http::Method;
 /// What a request's method and path resolve to in a contract.
 #[derive(Debug, PartialEq, Eq)]
 pub enum OperationMatch {
-    /// A documented operation; `params` are the path parameters by name.
+    /// A documented operation ([`Router::params`] gives its path parameters).
     Found {
         /// Index into [`super::Contract::operations`].
         operation: usize,
-        /// Path parameters as (name, raw value).
-        params: Vec<(String, String)>,
     },
     /// The path is documented, but not for this method.
     MethodNotAllowed {
@@ -71,11 +69,6 @@ impl Router {
         match found {
             Some((_, operation)) => OperationMatch::Found {
                 operation: *operation,
-                params: m
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                    .collect(),
             },
             None => {
                 let mut allow: Vec<String> = entry
@@ -92,6 +85,21 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// The path parameters of `path` as (name, raw value); empty when no
+    /// documented path matches. Kept apart from [`Router::resolve`] so that
+    /// routing allocates nothing.
+    pub fn params(&self, path: &str) -> Vec<(String, String)> {
+        self.inner.at(path).map_or_else(
+            |_| Vec::new(),
+            |m| {
+                m.params
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect()
+            },
+        )
     }
 
     /// The documented templates closest to `path`, best first (at most 3).

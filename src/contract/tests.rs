@@ -105,12 +105,15 @@ fn routes_and_examples_table() {
 #[test]
 fn path_params_are_extracted() {
     let c = contract();
-    match c.router.resolve(&Method::GET, "/pets/p_42") {
-        OperationMatch::Found { params, .. } => {
-            assert_eq!(params, vec![("pet".into(), "p_42".into())])
-        }
-        other => panic!("{other:?}"),
-    }
+    assert!(matches!(
+        c.router.resolve(&Method::GET, "/pets/p_42"),
+        OperationMatch::Found { .. }
+    ));
+    assert_eq!(
+        c.router.params("/pets/p_42"),
+        vec![("pet".to_owned(), "p_42".to_owned())]
+    );
+    assert!(c.router.params("/nothing/here").is_empty());
 }
 
 #[test]

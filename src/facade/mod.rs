@@ -9,6 +9,10 @@ use crate::body::{Body, empty, full};
 use crate::contract::Operation;
 use crate::refusal::Refusal;
 
+/// Says which facade source produced an answer (`example`; later also
+/// `scenario`, `fixture`, `state`, `generated`).
+pub const SANDGATE_SOURCE: http::HeaderName = http::HeaderName::from_static("sandgate-source");
+
 /// The documented example of `op`, or `no_example`.
 pub fn answer(api: &str, op: &Operation) -> Result<Response<Body>, Refusal> {
     let Some(example) = &op.example else {
@@ -28,6 +32,6 @@ pub fn answer(api: &str, op: &Operation) -> Result<Response<Body>, Refusal> {
     if !example.body.is_empty() {
         h.insert(header::CONTENT_TYPE, example.content_type.clone());
     }
-    h.insert("sandgate-source", HeaderValue::from_static("example"));
+    h.insert(SANDGATE_SOURCE, HeaderValue::from_static("example"));
     Ok(resp)
 }

@@ -70,11 +70,15 @@ pub async fn dispatch(
             let fwd = Forwarded {
                 client_ip: conn.remote.ip(),
                 proto: if conn.tls { "https" } else { "http" },
-                host: routed.host.as_deref(),
+                host: req.headers().get(http::header::HOST).cloned().or_else(|| {
+                    req.uri()
+                        .authority()
+                        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+                }),
                 request_id: &facts.request_id,
             };
             upstream
-                .forward(req, &routed.path, api.max_body, &api.max_body_rule, fwd)
+                .forward(req, routed.strip, api.max_body, &api.max_body_rule, fwd)
                 .await
         }
     }

@@ -36,8 +36,8 @@ pub struct RequestFacts {
     pub request_id: String,
     /// Index of the API in [`Sandbox::apis`], once routed.
     pub api: Option<usize>,
-    /// The operation id, once resolved.
-    pub operation: Option<String>,
+    /// Index of the operation in the API's contract, once resolved.
+    pub operation: Option<usize>,
     /// Where the answer came from.
     pub source: Option<dispatch::AnswerSource>,
 }
@@ -54,13 +54,7 @@ pub async fn run(
     // route: the API and operation decide every later stage's rules.
     let routed = route::route(sandbox, &req)?;
     facts.api = Some(routed.api_index);
-    facts.operation = routed.operation.map(|op| {
-        routed
-            .api
-            .contract
-            .as_ref()
-            .map_or_else(String::new, |c| c.operations[op].id.clone())
-    });
+    facts.operation = routed.operation;
     // identify, admit, limit, validate: added by the identity, limits and
     // facade issues, in this order, here.
     // dispatch: answer from the facade or forward to the backend.

@@ -8,31 +8,39 @@ use crate::refusal::Refusal;
 use crate::sandbox::{Api, Sandbox};
 
 /// A request resolved to an API (and, with a contract, an operation).
+/// Routing allocates nothing on the success path.
 #[derive(Debug)]
 pub struct Routed<'a> {
     /// The API.
     pub api: &'a Api,
     /// Its index in [`Sandbox::apis`].
     pub api_index: usize,
-    /// The path the API sees: the prefix removed when `strip_prefix` is on.
-    pub path: String,
+    /// How many leading bytes of the request path the API does not see
+    /// (its prefix, when `strip_prefix` is on).
+    pub strip: usize,
     /// The operation index in the API's contract.
     pub operation: Option<usize>,
-    /// Path parameters of the operation.
-    pub params: Vec<(String, String)>,
-    /// The host the client asked for.
-    pub host: Option<String>,
+}
+
+impl Routed<'_> {
+    /// The path the API sees, given the request's full path.
+    pub fn api_path<'p>(&self, full: &'p str) -> &'p str {
+        match full.get(self.strip..) {
+            Some("") | None => "/",
+            Some(rest) => rest,
+        }
+    }
 }
 
 /// The host of a request (from `:authority` for HTTP/2, else `Host`),
-/// lower-case and without the port.
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+/// without the port, as sent (compare it case-insensitively).
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     let raw = req.uri().authority().map(|a| a.as_str()).or_else(|| {
         req.headers()
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
     })?;
-    let host = if let Some(rest) = raw.strip_prefix('[') {
+    Some(if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: [::1]:8080
         rest.split(']').next().unwrap_or(rest)
     } else {
@@ -43,22 +51,19 @@ pub fn request_host<B>(req: &Request<B>) -> Option<String> {
                 raw
             }
         })
-    };
-    Some(host.to_ascii_lowercase())
+    })
 }
 
 /// Resolves the request or refuses it.
 pub fn route<'a, B>(sb: &'a Sandbox, req: &Request<B>) -> Result<Routed<'a>, Refusal> {
-    let host = request_host(req);
-    if !sb.hosts.is_empty()
-        && !host
-            .as_deref()
-            .is_some_and(|h| sb.hosts.iter().any(|s| s == h))
-    {
-        return Err(Refusal::MisdirectedHost {
-            host: host.unwrap_or_default(),
-            hosts: sb.hosts.clone(),
-        });
+    if !sb.hosts.is_empty() {
+        let host = request_host(req);
+        if !host.is_some_and(|h| sb.hosts.iter().any(|s| s.eq_ignore_ascii_case(h))) {
+            return Err(Refusal::MisdirectedHost {
+                host: host.unwrap_or_default().to_ascii_lowercase(),
+                hosts: sb.hosts.clone(),
+            });
+        }
     }
     let path = req.uri().path();
     let Some((api_index, api)) = sb
@@ -72,44 +77,39 @@ pub fn route<'a, B>(sb: &'a Sandbox, req: &Request<B>) -> Result<Routed<'a>, Ref
             apis: sb.api_list.clone(),
         });
     };
-    let rest = if api.strip_prefix && api.prefix != "/" {
-        match &path[api.prefix.len()..] {
-            "" => "/",
-            r => r,
-        }
+    let strip = if api.strip_prefix && api.prefix != "/" {
+        api.prefix.len()
     } else {
-        path
+        0
     };
-    let (operation, params) = match &api.contract {
-        None => (None, Vec::new()),
-        Some(contract) => match contract.router.resolve(req.method(), rest) {
-            OperationMatch::Found { operation, params } => (Some(operation), params),
-            OperationMatch::MethodNotAllowed { template, allow } => {
-                return Err(Refusal::MethodNotAllowed {
-                    api: api.name.to_string(),
-                    method: req.method().to_string(),
-                    path: template,
-                    allow,
-                });
-            }
-            OperationMatch::NotFound => {
-                return Err(Refusal::UnknownOperation {
-                    api: api.name.to_string(),
-                    method: req.method().to_string(),
-                    path: rest.to_owned(),
-                    nearest: contract.router.nearest(rest),
-                });
-            }
-        },
-    };
-    Ok(Routed {
+    let mut routed = Routed {
         api,
         api_index,
-        path: rest.to_owned(),
-        operation,
-        params,
-        host,
-    })
+        strip,
+        operation: None,
+    };
+    let Some(contract) = &api.contract else {
+        return Ok(routed);
+    };
+    let rest = routed.api_path(path);
+    match contract.router.resolve(req.method(), rest) {
+        OperationMatch::Found { operation } => {
+            routed.operation = Some(operation);
+            Ok(routed)
+        }
+        OperationMatch::MethodNotAllowed { template, allow } => Err(Refusal::MethodNotAllowed {
+            api: api.name.to_string(),
+            method: req.method().to_string(),
+            path: template,
+            allow,
+        }),
+        OperationMatch::NotFound => Err(Refusal::UnknownOperation {
+            api: api.name.to_string(),
+            method: req.method().to_string(),
+            path: rest.to_owned(),
+            nearest: contract.router.nearest(rest),
+        }),
+    }
 }
 
 /// Whether `prefix` covers `path` on a segment boundary.

@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -215,7 +216,16 @@ async fn serve_conn<I, H>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
+    let info_remote = info.remote;
+    // `auto`'s protocol sniffing (is this the HTTP/2 preface?) has no
+    // deadline, and HTTP/2 has no header-read timeout: a client that connects
+    // and never completes a request head would hold a connection slot
+    // forever. Until its first request arrives, a connection lives at most
+    // `header_read`.
+    let first_request = Arc::new(AtomicBool::new(false));
+    let seen = first_request.clone();
     let service = service_fn(move |req| {
+        seen.store(true, Ordering::Relaxed);
         let handler = handler.clone();
         let info = info.clone();
         async move { Ok::<_, Infallible>(handler.handle(req, info).await) }
@@ -223,12 +233,29 @@ async fn serve_conn<I, H>(
     let builder = settings.builder();
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+    let stopped = async { stop.wait_for(|s| *s).await.map(|_| ()) };
+    tokio::pin!(stopped);
+    let early = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = stopped.as_mut() => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            Some(conn.as_mut().await)
         }
+        _ = tokio::time::sleep(settings.header_read) => None,
+    };
+    let result = match early {
+        Some(r) => r,
+        None if !first_request.load(Ordering::Relaxed) => {
+            tracing::debug!(remote = %info_remote, "no request head within header_read; closing");
+            return;
+        }
+        None => tokio::select! {
+            r = conn.as_mut() => r,
+            _ = stopped.as_mut() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        },
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");

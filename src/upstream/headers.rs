@@ -75,7 +75,7 @@ pub(super) fn prepare_request(headers: &mut HeaderMap, fwd: Forwarded<'_>) {
         headers.insert("x-forwarded-for", v);
     }
     headers.insert("x-forwarded-proto", HeaderValue::from_static(fwd.proto));
-    if let Some(v) = fwd.host.and_then(header_value) {
+    if let Some(v) = fwd.host {
         headers.insert("x-forwarded-host", v);
     }
     if let Some(v) = header_value(fwd.request_id) {
@@ -108,7 +108,7 @@ mod tests {
             Forwarded {
                 client_ip: [10, 0, 0, 7].into(),
                 proto: "https",
-                host: Some("api.sandbox.example.com"),
+                host: Some(HeaderValue::from_static("api.sandbox.example.com")),
                 request_id: "req_1",
             },
         );

@@ -25,14 +25,14 @@ use crate::refusal::Refusal;
 pub use headers::{IDENTITY_HEADERS, strip_hop_by_hop};
 
 /// Facts about the client connection the proxy passes on to the backend.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Forwarded<'a> {
     /// The client's IP address.
     pub client_ip: std::net::IpAddr,
     /// `https` or `http`, as the client connected.
     pub proto: &'static str,
-    /// The `Host` the client asked for, if any.
-    pub host: Option<&'a str>,
+    /// The host the client asked for (`Host`, or `:authority` on HTTP/2).
+    pub host: Option<HeaderValue>,
     /// The request id, passed on as `X-Request-Id`.
     pub request_id: &'a str,
 }
@@ -131,17 +131,21 @@ impl Upstream {
         })
     }
 
-    /// Forwards `req` (whose path, prefix already stripped, is `path`) and
-    /// returns the backend's response with its body streaming.
+    /// Forwards `req`, minus the first `strip` bytes of its path (the API's
+    /// prefix), and returns the backend's response with its body streaming.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
-        path: &str,
+        strip: usize,
         max_body: u64,
         max_body_rule: &str,
         fwd: Forwarded<'_>,
     ) -> Result<Response<Body>, Refusal> {
         let (mut parts, body) = req.into_parts();
+        let path = match parts.uri.path().get(strip..) {
+            Some("") | None => "/",
+            Some(rest) => rest,
+        };
         let mut pq = String::with_capacity(self.base_path.len() + path.len() + 64);
         pq.push_str(&self.base_path);
         pq.push_str(path);
