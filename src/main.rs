@@ -63,7 +63,9 @@ fn source_of(config: Option<PathBuf>) -> Source {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // The control runtime: signals, reloads and the admin listener. The
+    // public listeners get their own worker threads (see `run::start`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

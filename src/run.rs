@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -22,6 +23,9 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    /// A worker thread or its runtime could not be started.
+    #[error("cannot start a worker: {0}")]
+    Runtime(String),
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -42,29 +46,61 @@ pub struct Running {
     /// The gateway itself (for reloads and readiness).
     pub gateway: Arc<Gateway>,
     stop: watch::Sender<bool>,
+    workers_done: mpsc::UnboundedReceiver<()>,
+    workers: usize,
     admin_stop: watch::Sender<bool>,
     admin_tracker: TaskTracker,
-    tracker: TaskTracker,
     grace: Duration,
 }
 
+/// Binds `addr` with `SO_REUSEPORT`, so every worker can have its own
+/// accepting socket on the same port and the kernel spreads connections.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// One listener's sockets, one per worker.
+struct Bound {
+    sockets: Vec<std::net::TcpListener>,
+    tls: Option<TlsAcceptor>,
+    slots: Arc<Semaphore>,
+}
+
 /// Loads the sandbox at `source` and starts serving it.
+///
+/// The public listeners are served thread-per-core, like nginx's workers:
+/// `workers` threads, each with a single-threaded tokio runtime and its own
+/// `SO_REUSEPORT` socket per listener. A connection stays on one thread, so
+/// the request path has no cross-thread wake-ups or work stealing. The admin
+/// listener, signals and reloads stay on the caller's runtime.
 pub async fn start(source: Source, overrides: Overrides) -> Result<Running, StartError> {
     crate::telemetry::prometheus();
     let sandbox = Sandbox::load(&source, &overrides)?;
     let grace = sandbox.timeouts.shutdown_grace.get();
-    let max_conns = sandbox.limits.max_connections;
+    let workers = sandbox.workers;
 
     let mut bound = Vec::new();
+    let mut public = Vec::new();
     for l in &sandbox.listeners {
-        let listener = TcpListener::bind(l.addr)
-            .await
-            .map_err(|e| StartError::Bind {
-                addr: l.addr,
-                source: e,
-            })?;
-        let tls = l.tls.clone().map(TlsAcceptor::from);
-        bound.push((listener, tls));
+        let bind_err = |addr, e| StartError::Bind { addr, source: e };
+        let first = bind_reuseport(l.addr).map_err(|e| bind_err(l.addr, e))?;
+        let addr = first.local_addr().map_err(|e| bind_err(l.addr, e))?;
+        let mut sockets = vec![first];
+        for _ in 1..workers {
+            sockets.push(bind_reuseport(addr).map_err(|e| bind_err(addr, e))?);
+        }
+        public.push((addr, l.tls.is_some()));
+        bound.push(Bound {
+            sockets,
+            tls: l.tls.clone().map(TlsAcceptor::from),
+            slots: Arc::new(Semaphore::new(sandbox.limits.max_connections)),
+        });
     }
     let admin_listener =
         TcpListener::bind(sandbox.admin_listen)
@@ -73,38 +109,72 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
                 addr: sandbox.admin_listen,
                 source: e,
             })?;
+    let admin = admin_listener.local_addr().map_err(|e| StartError::Bind {
+        addr: sandbox.admin_listen,
+        source: e,
+    })?;
 
     let gateway = Arc::new(Gateway::new(sandbox, source, overrides));
     let (stop, stop_rx) = watch::channel(false);
-    let tracker = TaskTracker::new();
+    let (done_tx, workers_done) = mpsc::unbounded_channel();
 
-    let mut public = Vec::new();
-    for (listener, tls) in bound {
-        let addr = listener.local_addr().map_err(|e| StartError::Bind {
-            addr: sandbox_addr(&listener),
-            source: e,
-        })?;
-        public.push((addr, tls.is_some()));
-        let gw = gateway.clone();
-        // Each new connection takes the limits of the configuration current at accept time.
-        let settings = move || {
-            let sb = gw.sandbox();
-            ConnSettings::new(&sb.limits, &sb.timeouts)
-        };
-        tokio::spawn(server::serve(
-            listener,
-            tls,
-            gateway.clone(),
-            settings,
-            max_conns,
-            tracker.clone(),
-            stop_rx.clone(),
-        ));
+    for worker in 0..workers {
+        let mine: Vec<_> = bound
+            .iter_mut()
+            .map(|b| (b.sockets.pop(), b.tls.clone(), b.slots.clone()))
+            .collect();
+        let gateway = gateway.clone();
+        let stop_rx = stop_rx.clone();
+        let done_tx = done_tx.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+        std::thread::Builder::new()
+            .name(format!("sandgate-worker-{worker}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Connections of this worker: the runtime must keep
+                    // running until they have drained.
+                    let tracker = TaskTracker::new();
+                    let mut loops = Vec::new();
+                    for (socket, tls, slots) in mine {
+                        let Some(socket) = socket else { continue };
+                        let listener = match TcpListener::from_std(socket) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(error = %e, "cannot register a listener");
+                                continue;
+                            }
+                        };
+                        let gw = gateway.clone();
+                        // Each new connection takes the limits of the configuration current at accept time.
+                        let settings = move || {
+                            let sb = gw.sandbox();
+                            ConnSettings::new(&sb.limits, &sb.timeouts)
+                        };
+                        loops.push(tokio::spawn(server::serve(
+                            listener,
+                            tls,
+                            gateway.clone(),
+                            settings,
+                            slots,
+                            tracker.clone(),
+                            stop_rx.clone(),
+                        )));
+                    }
+                    for l in loops {
+                        let _ = l.await;
+                    }
+                    tracker.close();
+                    tracker.wait().await;
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
     }
-    let admin = admin_listener.local_addr().map_err(|e| StartError::Bind {
-        addr: sandbox_addr(&admin_listener),
-        source: e,
-    })?;
+    drop(done_tx);
+
     let admin_handler = Arc::new(Admin::new(gateway.clone()));
     let gw = gateway.clone();
     let admin_settings = move || {
@@ -120,27 +190,22 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         None,
         admin_handler,
         admin_settings,
-        64,
+        Arc::new(Semaphore::new(64)),
         admin_tracker.clone(),
         admin_stop_rx,
     ));
-    drop(stop_rx);
     gateway.set_ready(true);
     Ok(Running {
         public,
         admin,
         gateway,
         stop,
+        workers_done,
+        workers,
         admin_stop,
         admin_tracker,
-        tracker,
         grace,
     })
-}
-
-fn sandbox_addr(l: &TcpListener) -> SocketAddr {
-    l.local_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 impl Running {
@@ -149,10 +214,17 @@ impl Running {
     pub async fn shutdown(self) -> bool {
         self.gateway.set_ready(false);
         let _ = self.stop.send(true);
-        self.tracker.close();
-        let drained = tokio::time::timeout(self.grace, self.tracker.wait())
-            .await
-            .is_ok();
+        let mut done = self.workers_done;
+        let workers = self.workers;
+        let drained = tokio::time::timeout(self.grace, async move {
+            for _ in 0..workers {
+                if done.recv().await.is_none() {
+                    break;
+                }
+            }
+        })
+        .await
+        .is_ok();
         let _ = self.admin_stop.send(true);
         self.admin_tracker.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.admin_tracker.wait())

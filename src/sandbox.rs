@@ -73,6 +73,8 @@ pub struct Sandbox {
     pub listeners: Vec<Listener>,
     /// Admin listener address.
     pub admin_listen: SocketAddr,
+    /// Threads serving the public listeners.
+    pub workers: usize,
 }
 
 impl Sandbox {
@@ -181,6 +183,10 @@ impl Sandbox {
             timeouts: config.timeouts,
             listeners,
             admin_listen: overrides.admin_listen.unwrap_or(config.admin.listen),
+            workers: config.workers.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |n| n.get(),
+            ),
         })
     }
 }

@@ -40,6 +40,10 @@ pub struct Config {
     /// Timeouts applied at the edge.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// Threads serving the public listeners, each with its own event loop and
+    /// its own `SO_REUSEPORT` socket (like nginx's workers). Default: the
+    /// number of CPUs.
+    pub workers: Option<std::num::NonZeroUsize>,
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {

@@ -113,7 +113,9 @@ impl ConnSettings {
     }
 }
 
-/// Runs the accept loop of one listener until `stop` turns true. Each
+/// Runs the accept loop of one listener until `stop` turns true. `slots`
+/// caps the open connections (shared by every worker accepting on the
+/// same address). Each
 /// connection task is spawned on `tracker`, so shutdown can wait for them;
 /// when `stop` turns true, each connection finishes its in-flight requests
 /// and closes (HTTP/2 GOAWAY, HTTP/1 `Connection: close`).
@@ -123,11 +125,10 @@ pub async fn serve<H: Handler>(
     tls: Option<TlsAcceptor>,
     handler: Arc<H>,
     settings: impl Fn() -> ConnSettings + Send + 'static,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     tracker: TaskTracker,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         // Backpressure: with every slot taken, new clients wait in the
         // kernel's accept queue instead of being accepted and starved.
