@@ -34,13 +34,21 @@ async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
 
 /// Status lines in a raw response stream (a body need not end with a newline).
 fn status_lines(resp: &str) -> Vec<&str> {
-    resp.match_indices("HTTP/1.1 ").map(|(i, _)| &resp[i..(i + 12).min(resp.len())]).collect()
+    resp.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &resp[i..(i + 12).min(resp.len())])
+        .collect()
 }
 
 async fn setup() -> (common::TestGateway, TestUpstream) {
     let up = TestUpstream::echo().await;
-    let api = format!("  - name: echo\n    prefix: /echo\n    mode: upstream\n    upstream: {{ url: \"http://{}\" }}\n", up.addr);
-    let dir = sandbox_dir(&[("sandgate.yaml", &payments_config(&api)), ("contracts/payments.yaml", common::PAYMENTS)]);
+    let api = format!(
+        "  - name: echo\n    prefix: /echo\n    mode: upstream\n    upstream: {{ url: \"http://{}\" }}\n",
+        up.addr
+    );
+    let dir = sandbox_dir(&[
+        ("sandgate.yaml", &payments_config(&api)),
+        ("contracts/payments.yaml", common::PAYMENTS),
+    ]);
     (start_gateway(dir).await, up)
 }
 
@@ -54,10 +62,17 @@ async fn content_length_with_transfer_encoding_is_not_smuggled() {
     let raw = b"POST /echo/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\nGET /echo/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let resp = exchange(addr(&gw), raw).await;
     let seen = up.seen();
-    assert!(seen.iter().all(|s| !s.uri.contains("smuggled")), "smuggled request reached the upstream: {seen:?}\n{resp}");
+    assert!(
+        seen.iter().all(|s| !s.uri.contains("smuggled")),
+        "smuggled request reached the upstream: {seen:?}\n{resp}"
+    );
     assert!(seen.len() <= 1, "{seen:?}");
     for s in &seen {
-        assert!(!(s.headers.contains_key("content-length") && s.headers.contains_key("transfer-encoding")), "{s:?}");
+        assert!(
+            !(s.headers.contains_key("content-length")
+                && s.headers.contains_key("transfer-encoding")),
+            "{s:?}"
+        );
     }
 }
 
@@ -78,7 +93,10 @@ async fn obfuscated_transfer_encoding_is_not_smuggled() {
             "POST /echo/a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: {te}\r\nContent-Length: 4\r\nConnection: close\r\n\r\n0\r\n\r\nGET /echo/smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n"
         );
         let resp = exchange(addr(&gw), raw.as_bytes()).await;
-        assert!(up.seen().iter().all(|s| !s.uri.contains("smuggled")), "TE {te:?}: {resp}");
+        assert!(
+            up.seen().iter().all(|s| !s.uri.contains("smuggled")),
+            "TE {te:?}: {resp}"
+        );
     }
 }
 
@@ -90,8 +108,17 @@ async fn chunk_size_overflow_is_refused() {
     // The head was valid, so the request may have started upstream, but the
     // body never completed: the upstream saw no complete body and the client
     // did not get a 2xx.
-    assert!(status_lines(&resp).iter().all(|l| !l.starts_with("HTTP/1.1 2")), "{resp}");
-    assert!(up.seen().iter().all(|s| s.body_len == 0 || s.body_len == 1), "{:?}", up.seen());
+    assert!(
+        status_lines(&resp)
+            .iter()
+            .all(|l| !l.starts_with("HTTP/1.1 2")),
+        "{resp}"
+    );
+    assert!(
+        up.seen().iter().all(|s| s.body_len == 0 || s.body_len == 1),
+        "{:?}",
+        up.seen()
+    );
 }
 
 #[tokio::test]
@@ -107,9 +134,17 @@ async fn pipelined_requests_each_reach_the_upstream_once() {
 #[tokio::test]
 async fn bare_lf_and_invalid_header_bytes_are_refused() {
     let (gw, up) = setup().await;
-    let resp = exchange(addr(&gw), b"GET /echo/a HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\rb\r\n\r\n").await;
+    let resp = exchange(
+        addr(&gw),
+        b"GET /echo/a HTTP/1.1\r\nHost: localhost\r\nX-Bad: a\rb\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
-    let resp = exchange(addr(&gw), b"GET /echo/a HTTP/1.1\r\nHost: localhost\r\nX-Bad\r\n\r\n").await;
+    let resp = exchange(
+        addr(&gw),
+        b"GET /echo/a HTTP/1.1\r\nHost: localhost\r\nX-Bad\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     assert!(up.seen().is_empty(), "{:?}", up.seen());
 }

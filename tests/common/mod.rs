@@ -55,13 +55,21 @@ pub struct TestGateway {
 impl TestGateway {
     /// Base URL of the first plain listener.
     pub fn url(&self, path: &str) -> String {
-        let (addr, _) = self.public.iter().find(|(_, tls)| !tls).expect("a plain listener");
+        let (addr, _) = self
+            .public
+            .iter()
+            .find(|(_, tls)| !tls)
+            .expect("a plain listener");
         format!("http://{addr}{path}")
     }
 
     /// Address of the first TLS listener.
     pub fn tls_addr(&self) -> SocketAddr {
-        self.public.iter().find(|(_, tls)| *tls).expect("a TLS listener").0
+        self.public
+            .iter()
+            .find(|(_, tls)| *tls)
+            .expect("a TLS listener")
+            .0
     }
 
     /// URL on the admin listener.
@@ -78,9 +86,19 @@ impl TestGateway {
 /// Starts the gateway on the sandbox in `dir`. Listener addresses in the
 /// config should use port 0; the admin listener is forced to 127.0.0.1:0.
 pub async fn start_gateway(dir: TempDir) -> TestGateway {
-    let overrides = Overrides { listen: None, admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))) };
-    let running = sandgate::start(Source::Dir(dir.path().to_owned()), overrides).await.unwrap_or_else(|e| panic!("gateway did not start: {e}"));
-    TestGateway { public: running.public.clone(), admin: running.admin, running: Some(running), dir }
+    let overrides = Overrides {
+        listen: None,
+        admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+    };
+    let running = sandgate::start(Source::Dir(dir.path().to_owned()), overrides)
+        .await
+        .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
+    TestGateway {
+        public: running.public.clone(),
+        admin: running.admin,
+        running: Some(running),
+        dir,
+    }
 }
 
 /// A sandbox with the demo payments facade plus the given extra APIs YAML
@@ -114,15 +132,29 @@ pub fn h2c_client() -> reqwest::Client {
 /// Parses a problem+json body and checks the fields every refusal carries.
 pub async fn problem(resp: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
     assert_eq!(resp.status().as_u16(), status, "status for {code}");
-    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
-    assert_eq!(ct.as_deref(), Some("application/problem+json"), "content type for {code}");
-    let rid = resp.headers().get("x-request-id").map(|v| v.to_str().unwrap_or("").to_owned()).expect("x-request-id");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    assert_eq!(
+        ct.as_deref(),
+        Some("application/problem+json"),
+        "content type for {code}"
+    );
+    let rid = resp
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap_or("").to_owned())
+        .expect("x-request-id");
     let body: serde_json::Value = resp.json().await.expect("problem json");
     assert_eq!(body["code"], code, "{body}");
     assert_eq!(body["status"], status, "{body}");
     assert_eq!(body["request_id"], rid.as_str(), "{body}");
     for field in ["type", "title", "detail", "stage", "hint"] {
-        assert!(body[field].as_str().is_some_and(|s| !s.is_empty()), "{code}: missing {field} in {body}");
+        assert!(
+            body[field].as_str().is_some_and(|s| !s.is_empty()),
+            "{code}: missing {field} in {body}"
+        );
     }
     body
 }
@@ -161,14 +193,18 @@ impl TestUpstream {
         F: Fn(http::request::Parts, Bytes) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Response<UpBody>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let respond = Arc::new(respond);
         let seen2 = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let respond = respond.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
@@ -177,7 +213,11 @@ impl TestUpstream {
                         let seen = seen.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let bytes = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             seen.lock().expect("lock").push(Seen {
                                 method: parts.method.clone(),
                                 uri: parts.uri.to_string(),
@@ -202,7 +242,10 @@ impl TestUpstream {
         Self::start(|parts, body| async move {
             let text = format!("{{\"path\":\"{}\",\"body_len\":{}}}", parts.uri, body.len());
             let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
-            r.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/json"),
+            );
             r
         })
         .await
@@ -232,15 +275,28 @@ impl Pki {
     pub fn new() -> Pki {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "sandgate test CA");
-        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "sandgate test CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         let ca_key = rcgen::KeyPair::generate().expect("key");
         let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
-        let mut sp = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).expect("params");
+        let mut sp =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("params");
         sp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
         let sk = rcgen::KeyPair::generate().expect("key");
         let server = sp.signed_by(&sk, &ca_cert, &ca_key).expect("server cert");
-        Pki { ca_pem: ca_cert.pem(), server_cert: server.pem(), server_key: sk.serialize_pem(), ca_cert, ca_key }
+        Pki {
+            ca_pem: ca_cert.pem(),
+            server_cert: server.pem(),
+            server_key: sk.serialize_pem(),
+            ca_cert,
+            ca_key,
+        }
     }
 
     /// A client certificate with common name `cn` (and the given SAN URIs),
@@ -250,10 +306,13 @@ impl Pki {
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         for uri in san_uris {
-            p.subject_alt_names.push(rcgen::SanType::URI((*uri).try_into().expect("uri")));
+            p.subject_alt_names
+                .push(rcgen::SanType::URI((*uri).try_into().expect("uri")));
         }
         let k = rcgen::KeyPair::generate().expect("key");
-        let c = p.signed_by(&k, &self.ca_cert, &self.ca_key).expect("client cert");
+        let c = p
+            .signed_by(&k, &self.ca_cert, &self.ca_key)
+            .expect("client cert");
         (c.pem(), k.serialize_pem())
     }
 }
@@ -281,6 +340,10 @@ pub fn tls_client(ca_pem: &str, identity: Option<(&str, &str)>, h2: bool) -> req
         let pem = format!("{cert}\n{key}");
         b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).expect("identity"));
     }
-    b = if h2 { b.http2_prior_knowledge() } else { b.http1_only() };
+    b = if h2 {
+        b.http2_prior_knowledge()
+    } else {
+        b.http1_only()
+    };
     b.build().expect("tls client")
 }
