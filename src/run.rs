@@ -133,6 +133,7 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         std::thread::Builder::new()
             .name(format!("sandgate-worker-{worker}"))
             .spawn(move || {
+                server::set_worker(worker);
                 runtime.block_on(async move {
                     // Connections of this worker: the runtime must keep
                     // running until they have drained.

@@ -113,6 +113,10 @@ impl Sandbox {
             listeners.push(Listener { addr, tls });
         }
 
+        let workers = config.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        );
         let mut apis = Vec::new();
         for a in &config.apis {
             let name = a.name.value.clone();
@@ -138,7 +142,7 @@ impl Sandbox {
             };
             let upstream = match &a.upstream {
                 None => None,
-                Some(u) => match Upstream::build(&name, u, source, &file) {
+                Some(u) => match Upstream::build(&name, u, source, &file, workers) {
                     Ok(up) => Some(up),
                     Err(e) => {
                         errors.push(e);
@@ -183,10 +187,7 @@ impl Sandbox {
             timeouts: config.timeouts,
             listeners,
             admin_listen: overrides.admin_listen.unwrap_or(config.admin.listen),
-            workers: config.workers.map_or_else(
-                || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                |n| n.get(),
-            ),
+            workers,
         })
     }
 }

@@ -26,6 +26,21 @@ use tokio_util::task::TaskTracker;
 use crate::body::Body;
 use crate::config::{LimitsConfig, TimeoutsConfig};
 
+thread_local! {
+    static WORKER_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as public-listener worker `index` (0-based).
+pub fn set_worker(index: usize) {
+    WORKER_SLOT.with(|s| s.set(index + 1));
+}
+
+/// 1 + the current worker's index, or 0 on a thread that is not a worker.
+/// Per-worker resources (upstream connection pools) are indexed by it.
+pub fn worker_slot() -> usize {
+    WORKER_SLOT.with(std::cell::Cell::get)
+}
+
 /// What is known about the connection a request came on. Shared by every
 /// request of the connection.
 #[derive(Debug)]

@@ -38,48 +38,64 @@ pub const IDENTITY_HEADERS: [&str; 14] = [
     "x-forwarded-port",
 ];
 
-/// Removes hop-by-hop headers, including any named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+}
+
+fn is_forged_identity(name: &str) -> bool {
+    IDENTITY_HEADERS.contains(&name)
+        || name.starts_with("x-sandgate-")
+        || name.starts_with("sandgate-")
+}
+
+/// Removes every header for which `doomed` is true, plus any named in
+/// `Connection`. One pass over the headers present; nothing is removed (or
+/// hashed) for a request that has none of them, which is the usual case.
+fn strip(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    let mut names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| doomed(k.as_str()))
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        names.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+        );
     }
-    for name in HOP_BY_HOP {
+    for name in names {
         headers.remove(name);
     }
 }
 
+/// Removes hop-by-hop headers, including any named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, is_hop_by_hop);
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Prepares a client's headers for the backend.
 pub(super) fn prepare_request(headers: &mut HeaderMap, fwd: Forwarded<'_>) {
-    strip_hop_by_hop(headers);
-    for name in IDENTITY_HEADERS {
-        headers.remove(name);
-    }
-    let sandgate: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-sandgate-") || k.as_str().starts_with("sandgate-"))
-        .cloned()
-        .collect();
-    for name in sandgate {
-        headers.remove(name);
-    }
     // The backend's Host comes from its own URL, set by the client.
-    headers.remove(header::HOST);
+    strip(headers, |n| {
+        n == "host" || is_hop_by_hop(n) || is_forged_identity(n)
+    });
     if let Some(v) = header_value(&fwd.client_ip.to_string()) {
-        headers.insert("x-forwarded-for", v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(fwd.proto));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     if let Some(v) = fwd.host {
-        headers.insert("x-forwarded-host", v);
+        headers.insert(X_FORWARDED_HOST, v);
     }
     if let Some(v) = header_value(fwd.request_id) {
-        headers.insert("x-request-id", v);
+        headers.insert(crate::edge::X_REQUEST_ID, v);
     }
 }
 

@@ -46,17 +46,19 @@ pub struct Upstream {
     base_path: String,
     timeout: std::time::Duration,
     timeout_text: String,
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    clients: Box<[Client<HttpsConnector<HttpConnector>, Body>]>,
 }
 
 impl Upstream {
-    /// Builds the backend of API `api` from its configuration. `file` names
+    /// Builds the backend of API `api` from its configuration, with a
+    /// connection pool for each of `workers` threads. `file` names
     /// `sandgate.yaml` in messages.
     pub fn build(
         api: &str,
         cfg: &UpstreamConfig,
         source: &Source,
         file: &std::path::Path,
+        workers: usize,
     ) -> Result<Upstream, ConfigError> {
         let line = cfg.url.referenced.line();
         let uri: Uri =
@@ -114,12 +116,20 @@ impl Upstream {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout.get())
-            .pool_max_idle_per_host(cfg.pool_max_idle)
-            .build(connector);
+        // One client, so one connection pool, per worker thread: a pooled
+        // connection is driven by the thread that opened it, so a request
+        // never hands its exchange to another thread. Slot 0 serves threads
+        // that are not workers (tests, the control runtime).
+        let clients = (0..=workers)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_idle_timeout(cfg.pool_idle_timeout.get())
+                    .pool_max_idle_per_host(cfg.pool_max_idle)
+                    .build(connector.clone())
+            })
+            .collect();
         Ok(Upstream {
             api: Arc::from(api),
             scheme,
@@ -127,8 +137,14 @@ impl Upstream {
             base_path,
             timeout: cfg.timeout.get(),
             timeout_text: cfg.timeout.to_string(),
-            client,
+            clients,
         })
+    }
+
+    /// The calling worker's client.
+    fn client(&self) -> &Client<HttpsConnector<HttpConnector>, Body> {
+        let slot = crate::server::worker_slot();
+        self.clients.get(slot).unwrap_or(&self.clients[0])
     }
 
     /// Forwards `req`, minus the first `strip` bytes of its path (the API's
@@ -167,7 +183,7 @@ impl Upstream {
         let req = Request::from_parts(parts, body);
 
         let api = || self.api.to_string();
-        let resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let resp = match tokio::time::timeout(self.timeout, self.client().request(req)).await {
             Err(_) => {
                 metrics::counter!("sandgate_upstream_errors_total", "api" => self.api.to_string(), "kind" => "timeout").increment(1);
                 return Err(Refusal::UpstreamTimeout {
