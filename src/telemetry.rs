@@ -153,13 +153,14 @@ pub struct ConfigReloaded<'a> {
 impl ConfigReloaded<'_> {
     /// Logs the outcome and counts it.
     pub fn emit(&self) {
-        let outcome = if self.ok { "applied" } else { "refused" };
-        metrics::counter!("sandgate_config_reloads_total", "outcome" => outcome).increment(1);
+        // The log line first: whoever watches the metric can then read why.
         match self.errors {
             None => tracing::info!("configuration reloaded"),
             Some(e) => {
                 tracing::error!(errors = %e, "configuration reload refused; the last good configuration keeps serving")
             }
         }
+        let outcome = if self.ok { "applied" } else { "refused" };
+        metrics::counter!("sandgate_config_reloads_total", "outcome" => outcome).increment(1);
     }
 }

@@ -615,8 +615,17 @@ async fn sighup_refuses_a_broken_config_and_applies_a_valid_one() {
         "the broken reload was not reported; stderr:\n{}",
         gw.stderr()
     );
+    // The log line is read from the child's stderr by another thread: poll.
+    let mut logged = false;
+    for _ in 0..POLLS {
+        if gw.stderr().contains("sandgate.yaml:") {
+            logged = true;
+            break;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
     assert!(
-        gw.stderr().contains("sandgate.yaml:"),
+        logged,
         "the refused reload's errors are logged with their location:\n{}",
         gw.stderr()
     );
