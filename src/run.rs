@@ -65,6 +65,20 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Checks that nobody listens on `addr` yet and resolves port 0, by binding
+/// it once *without* `SO_REUSEPORT`. Without this, a second gateway of the
+/// same user would silently join the first one's `SO_REUSEPORT` group and
+/// take half its connections; with it, it fails with "address in use".
+fn probe_exclusive(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP address"))
+}
+
 /// One listener's sockets, one per worker.
 struct Bound {
     sockets: Vec<std::net::TcpListener>,
@@ -89,10 +103,9 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
     let mut public = Vec::new();
     for l in &sandbox.listeners {
         let bind_err = |addr, e| StartError::Bind { addr, source: e };
-        let first = bind_reuseport(l.addr).map_err(|e| bind_err(l.addr, e))?;
-        let addr = first.local_addr().map_err(|e| bind_err(l.addr, e))?;
-        let mut sockets = vec![first];
-        for _ in 1..workers {
+        let addr = probe_exclusive(l.addr).map_err(|e| bind_err(l.addr, e))?;
+        let mut sockets = Vec::with_capacity(workers);
+        for _ in 0..workers {
             sockets.push(bind_reuseport(addr).map_err(|e| bind_err(addr, e))?);
         }
         public.push((addr, l.tls.is_some()));

@@ -165,9 +165,11 @@ pub struct UpstreamConfig {
     /// Base URL, `http://` or `https://`, optionally with a base path that is
     /// put in front of the request path. Must not carry credentials.
     pub url: Spanned<String>,
-    /// Time allowed for the backend to send its response head. Default: `30s`.
+    /// Time allowed for the backend to send its response head (→ 504
+    /// `upstream_timeout`). Must be shorter than `timeouts.request`, which
+    /// bounds the whole exchange. Default: `25s`.
     #[serde(default = "default_upstream_timeout")]
-    pub timeout: Duration,
+    pub timeout: Spanned<Duration>,
     /// Time allowed to open a connection. Default: `5s`.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
@@ -177,13 +179,18 @@ pub struct UpstreamConfig {
     /// How long an idle pooled connection to the backend is kept. Default: `90s`.
     #[serde(default = "default_pool_idle")]
     pub pool_idle_timeout: Duration,
-    /// Largest number of idle connections kept per backend host. Default: 64.
+    /// Largest number of idle connections kept to the backend by each worker
+    /// thread (each worker has its own pool). Default: 64.
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle: usize,
 }
 
-fn default_upstream_timeout() -> Duration {
-    Duration::from_secs(30)
+fn default_upstream_timeout() -> Spanned<Duration> {
+    Spanned::new(
+        Duration::from_secs(25),
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
@@ -395,17 +402,38 @@ impl Config {
                 if let Err(m) = check_upstream_url(&up.url.value) {
                     err(up.url.referenced.line(), m);
                 }
-                if up.timeout.get().is_zero() || up.connect_timeout.get().is_zero() {
+                if up.timeout.value.get().is_zero() || up.connect_timeout.get().is_zero() {
                     err(
                         up.url.referenced.line(),
                         format!("API `{name}`: upstream timeouts must be greater than zero"),
                     );
                 }
+                if up.timeout.value >= self.timeouts.request {
+                    let line = match up.timeout.referenced.line() {
+                        0 => up.url.referenced.line(),
+                        l => l,
+                    };
+                    err(
+                        line,
+                        format!(
+                            "API `{name}`: upstream timeout {} must be shorter than `timeouts.request` ({}), or a slow backend is reported as a slow client",
+                            up.timeout.value, self.timeouts.request
+                        ),
+                    );
+                }
             }
         }
         for host in &self.hosts {
-            if host.is_empty() || host.contains(['/', ' ']) {
-                err(0, format!("`hosts` entry `{host}` is not a host name"));
+            let has_port = host
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()));
+            if host.is_empty() || host.contains(['/', ' ', '[', ']']) || has_port {
+                err(
+                    0,
+                    format!(
+                        "`hosts` entry `{host}` must be a bare host name or IP address, without port or brackets (`::1`, not `[::1]:8080`)"
+                    ),
+                );
             }
         }
         let l = &self.limits;
@@ -424,7 +452,7 @@ impl Config {
         {
             err(
                 0,
-                "`limits`: HTTP/2 windows must be between 65535 bytes and 2GiB".into(),
+                "`limits`: HTTP/2 windows must be between 65535 and 2147483647 bytes".into(),
             );
         }
         let t = &self.timeouts;

@@ -66,3 +66,29 @@ fn bad_duration_and_size_are_explained() {
     let e = first_error("limits:\n  max_body: lots\napis: []\n");
     assert!(e.starts_with("2:") && e.contains("size"), "{e}");
 }
+
+#[test]
+fn upstream_timeout_must_be_shorter_than_the_request_timeout() {
+    let e = first_error(
+        "timeouts: { request: 10s }\napis:\n  - name: a\n    prefix: /a\n    mode: upstream\n    upstream:\n      url: http://x\n      timeout: 10s\n",
+    );
+    assert!(e.starts_with("8:") && e.contains("shorter"), "{e}");
+    let e = first_error(
+        "timeouts: { request: 20s }\napis:\n  - name: a\n    prefix: /a\n    mode: upstream\n    upstream:\n      url: http://x\n",
+    );
+    assert!(
+        e.starts_with("7:") && e.contains("25s"),
+        "the default (25s) is checked too: {e}"
+    );
+}
+
+#[test]
+fn hosts_are_bare_names() {
+    for bad in ["localhost:8080", "'[::1]'", "a/b"] {
+        let e = first_error(&format!(
+            "hosts: [{bad}]\napis:\n  - name: a\n    prefix: /a\n    mode: upstream\n    upstream: {{ url: http://x }}\n"
+        ));
+        assert!(e.contains("bare host name"), "{bad}: {e}");
+    }
+    assert!(load_text("hosts: [localhost, '::1', 10.0.0.1]\napis:\n  - name: a\n    prefix: /a\n    mode: upstream\n    upstream: { url: http://x }\n").is_ok());
+}

@@ -74,6 +74,15 @@ impl Contract {
         } else {
             crate::config::parse_yaml(file, text).map_err(|e| vec![e])?
         };
+        if let Some(n) = doc.get("openapi").filter(|v| v.is_number()) {
+            return Err(vec![ConfigError::new(
+                file,
+                0,
+                format!(
+                    "`openapi: {n}` is a number; write the version as a string, e.g. `openapi: \"3.0.3\"`"
+                ),
+            )]);
+        }
         let version = doc.get("openapi").and_then(Value::as_str).unwrap_or("");
         if !version.starts_with("3.0") {
             let msg = if version.is_empty() {

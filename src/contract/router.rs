@@ -39,7 +39,8 @@ impl Router {
     pub fn build(routes: Vec<(String, Vec<(Method, usize)>)>) -> Result<Router, String> {
         let mut inner = matchit::Router::new();
         let mut paths = Vec::with_capacity(routes.len());
-        for (template, methods) in routes {
+        // A path item without operations documents nothing to route to.
+        for (template, methods) in routes.into_iter().filter(|(_, m)| !m.is_empty()) {
             if !template.starts_with('/') {
                 return Err(format!("path `{template}` must start with `/`"));
             }

@@ -151,3 +151,23 @@ fn broken_documents_are_refused_with_a_location() {
         Contract::from_text(Path::new("x.yaml"), "openapi: 3.0.3\ninfo: [\n").expect_err("syntax");
     assert!(e[0].line.is_some(), "{}", e[0]);
 }
+
+#[test]
+fn numeric_version_and_empty_path_items() {
+    let e = Contract::from_text(
+        Path::new("x.yaml"),
+        "openapi: 3.0\ninfo: {title: x, version: '1'}\npaths: {}\n",
+    )
+    .expect_err("number");
+    assert!(e[0].message.contains("as a string"), "{}", e[0]);
+    let c = Contract::from_text(
+        Path::new("x.yaml"),
+        "openapi: 3.0.3\ninfo: {title: x, version: '1'}\npaths:\n  /empty: {}\n",
+    )
+    .expect("loads");
+    assert_eq!(
+        c.router.resolve(&Method::GET, "/empty"),
+        OperationMatch::NotFound,
+        "nothing documented: 404, not 405 with an empty Allow"
+    );
+}

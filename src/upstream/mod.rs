@@ -135,8 +135,8 @@ impl Upstream {
             scheme,
             authority,
             base_path,
-            timeout: cfg.timeout.get(),
-            timeout_text: cfg.timeout.to_string(),
+            timeout: cfg.timeout.value.get(),
+            timeout_text: cfg.timeout.value.to_string(),
             clients,
         })
     }
@@ -179,7 +179,11 @@ impl Upstream {
         headers::prepare_request(&mut parts.headers, fwd);
 
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-        let body: Body = Limited::new(body, limit).boxed();
+        // Errors of the client's body are marked, so a client that breaks
+        // off its upload is not reported as a failing backend.
+        let body: Body = Limited::new(body, limit)
+            .map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) })
+            .boxed();
         let req = Request::from_parts(parts, body);
 
         let api = || self.api.to_string();
@@ -192,12 +196,16 @@ impl Upstream {
                 });
             }
             Ok(Err(e)) => {
-                if is_body_limit(&e) {
-                    return Err(Refusal::PayloadTooLarge {
-                        declared: None,
-                        max: max_body,
-                        rule: max_body_rule.to_owned(),
-                    });
+                match client_body_error(&e) {
+                    Some(ClientBody::TooLarge) => {
+                        return Err(Refusal::PayloadTooLarge {
+                            declared: None,
+                            max: max_body,
+                            rule: max_body_rule.to_owned(),
+                        });
+                    }
+                    Some(ClientBody::Broken) => return Err(Refusal::UnreadableBody),
+                    None => {}
                 }
                 let kind = if e.is_connect() {
                     "connect"
@@ -221,15 +229,41 @@ impl Upstream {
     }
 }
 
-fn is_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+/// An error of the client's request body (not of the backend).
+#[derive(Debug)]
+struct ClientBodyError(BoxError);
+
+impl std::fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client request body: {}", self.0)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+enum ClientBody {
+    TooLarge,
+    Broken,
+}
+
+/// Whether a failed exchange was the client's body's fault, and how.
+fn client_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ClientBody> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
+        if let Some(ClientBodyError(inner)) = err.downcast_ref::<ClientBodyError>() {
+            return Some(if inner.is::<http_body_util::LengthLimitError>() {
+                ClientBody::TooLarge
+            } else {
+                ClientBody::Broken
+            });
         }
         cur = err.source();
     }
-    false
+    None
 }
 
 /// A value for `X-Forwarded-For` and friends.
