@@ -19,25 +19,15 @@ impl Source {
 
     /// Reads the text of `rel` (a path relative to the sandbox).
     pub fn read_to_string(&self, rel: &Path) -> Result<String, String> {
-        match self {
-            Source::Dir(dir) => {
-                let path = dir.join(rel);
-                std::fs::read_to_string(&path).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        format!("file `{}` does not exist", path.display())
-                    }
-                    _ => format!("cannot read `{}`: {e}", path.display()),
-                })
-            }
-            Source::Embedded(files) => files
-                .iter()
-                .find(|(name, _)| Path::new(name) == rel)
-                .map(|(_, text)| (*text).to_owned())
-                .ok_or_else(|| format!("file `{}` is not part of the bundled demo", rel.display())),
-        }
+        String::from_utf8(self.read(rel)?).map_err(|_| {
+            format!(
+                "file `{}` is not UTF-8 text",
+                self.display_path(rel).display()
+            )
+        })
     }
 
-    /// Reads the bytes of `rel` (certificates and keys).
+    /// Reads the bytes of `rel` (a path relative to the sandbox).
     pub fn read(&self, rel: &Path) -> Result<Vec<u8>, String> {
         match self {
             Source::Dir(dir) => {
@@ -49,7 +39,11 @@ impl Source {
                     _ => format!("cannot read `{}`: {e}", path.display()),
                 })
             }
-            Source::Embedded(_) => self.read_to_string(rel).map(String::into_bytes),
+            Source::Embedded(files) => files
+                .iter()
+                .find(|(name, _)| Path::new(name) == rel)
+                .map(|(_, text)| text.as_bytes().to_vec())
+                .ok_or_else(|| format!("file `{}` is not part of the bundled demo", rel.display())),
         }
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::memory::parse_counter;
-use super::{NowMillis, Store, StoreError, StoreFuture, expiry, system_now};
+use super::{NowMillis, Store, StoreError, StoreFuture, bump, expiry, system_now};
 
 /// key → 8-byte big-endian expiry (ms since epoch, 0 = never) ++ value.
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -228,10 +228,7 @@ impl Store for FileStore {
                 }
                 None => None,
             };
-            let (value, expires) = match current {
-                Some((v, exp)) => (v.saturating_add(by), exp),
-                None => (by, expiry(now, ttl)),
-            };
+            let (value, expires) = bump(current, by, now, ttl);
             t.insert(
                 key.as_str(),
                 encode(expires, value.to_string().as_bytes()).as_slice(),

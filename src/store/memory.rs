@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{NowMillis, Store, StoreError, StoreFuture, expiry, system_now};
+use super::{NowMillis, Store, StoreError, StoreFuture, bump, expiry, system_now};
 
 #[derive(Debug)]
 struct Entry {
@@ -149,10 +149,7 @@ impl Store for MemoryStore {
                 Some(e) if live(e, now) => Some((parse_counter(&e.value)?, e.expires)),
                 _ => None,
             };
-            let (value, expires) = match current {
-                Some((v, exp)) => (v.saturating_add(by), exp),
-                None => (by, expiry(now, ttl)),
-            };
+            let (value, expires) = bump(current, by, now, ttl);
             m.insert(
                 key.to_owned(),
                 Entry {

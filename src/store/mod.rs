@@ -87,6 +87,15 @@ fn expiry(now: u64, ttl: Option<Duration>) -> u64 {
     ttl.map_or(0, |t| now.saturating_add(t.as_millis() as u64).max(1))
 }
 
+/// The counter after adding `by`: an existing live counter (value, expiry)
+/// keeps its expiry; a new one starts at `by` and expires after `ttl`.
+fn bump(current: Option<(i64, u64)>, by: i64, now: u64, ttl: Option<Duration>) -> (i64, u64) {
+    match current {
+        Some((v, expires)) => (v.saturating_add(by), expires),
+        None => (by, expiry(now, ttl)),
+    }
+}
+
 /// Key layout. Every tenant-owned key starts with `t/<tenant>/`.
 pub mod keys {
     /// Prefix of everything a tenant owns.
