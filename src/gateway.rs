@@ -17,6 +17,7 @@ use crate::refusal::Refusal;
 use crate::sandbox::{Overrides, Sandbox};
 use crate::server::{ConnInfo, Handler};
 use crate::telemetry::{ConfigReloaded, RequestCompleted, RequestRefused};
+use crate::tenants::Registry;
 
 /// The public gateway.
 pub struct Gateway {
@@ -24,17 +25,24 @@ pub struct Gateway {
     source: Source,
     overrides: Overrides,
     ready: AtomicBool,
+    registry: Registry,
 }
 
 impl Gateway {
     /// A gateway serving `sandbox`, which was loaded from `source`.
-    pub fn new(sandbox: Sandbox, source: Source, overrides: Overrides) -> Self {
+    pub fn new(sandbox: Sandbox, source: Source, overrides: Overrides, registry: Registry) -> Self {
         Self {
+            registry,
             sandbox: ArcSwap::from_pointee(sandbox),
             source,
             overrides,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// The tenants.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The sandbox currently served.

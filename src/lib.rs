@@ -29,6 +29,7 @@ pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tenants;
 pub mod upstream;
 
 pub use run::{Running, StartError, start};

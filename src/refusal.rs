@@ -163,6 +163,44 @@ pub enum Refusal {
         /// The path asked for.
         path: String,
     },
+    /// `/internal/*` is disabled: the service-token variable is unset.
+    AdminTokenUnset {
+        /// The variable's name (never its value).
+        env: String,
+    },
+    /// `/internal/*` without the right service token.
+    AdminUnauthorized,
+    /// No sandbox with this id.
+    SandboxNotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The sandbox is deactivated; it cannot change any more.
+    SandboxDeactivated {
+        /// The id.
+        id: String,
+    },
+    /// The JSON body of an admin request is not valid.
+    InvalidBody {
+        /// Every problem, as (JSON pointer, message).
+        errors: Vec<(String, String)>,
+    },
+    /// An extension would take the sandbox past its longest life.
+    ExtensionLimit {
+        /// The sandbox.
+        id: String,
+        /// The latest possible expiry (RFC 3339).
+        latest: String,
+        /// The configured longest life, in days.
+        max_days: u32,
+    },
+    /// No more sandboxes may be active at once.
+    CapacityReached {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The store did not answer.
+    StoreUnavailable,
     /// A bug or an unexpected condition inside the gateway.
     Internal,
 }
@@ -188,6 +226,14 @@ impl Refusal {
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
             Refusal::UpstreamError { .. } => "upstream_error",
             Refusal::AdminNotFound { .. } => "not_found",
+            Refusal::AdminTokenUnset { .. } => "admin_token_unset",
+            Refusal::AdminUnauthorized => "unauthorized",
+            Refusal::SandboxNotFound { .. } => "sandbox_not_found",
+            Refusal::SandboxDeactivated { .. } => "sandbox_deactivated",
+            Refusal::InvalidBody { .. } => "invalid_body",
+            Refusal::ExtensionLimit { .. } => "extension_limit",
+            Refusal::CapacityReached { .. } => "capacity_reached",
+            Refusal::StoreUnavailable => "store_unavailable",
             Refusal::Internal => "internal_error",
         }
     }
@@ -205,7 +251,16 @@ impl Refusal {
             Refusal::MisdirectedHost { .. } => StatusCode::MISDIRECTED_REQUEST,
             Refusal::UnknownApi { .. }
             | Refusal::UnknownOperation { .. }
-            | Refusal::AdminNotFound { .. } => StatusCode::NOT_FOUND,
+            | Refusal::AdminNotFound { .. }
+            | Refusal::SandboxNotFound { .. } => StatusCode::NOT_FOUND,
+            Refusal::AdminTokenUnset { .. } | Refusal::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Refusal::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::SandboxDeactivated { .. } => StatusCode::CONFLICT,
+            Refusal::InvalidBody { .. } => StatusCode::BAD_REQUEST,
+            Refusal::ExtensionLimit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::CapacityReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::NoExample { .. } => StatusCode::NOT_IMPLEMENTED,
             Refusal::UpstreamUnavailable { .. } | Refusal::UpstreamError { .. } => {
@@ -236,7 +291,15 @@ impl Refusal {
             | Refusal::UpstreamTimeout { .. }
             | Refusal::UpstreamError { .. }
             | Refusal::Internal => Stage::Dispatch,
-            Refusal::AdminNotFound { .. } => Stage::Admin,
+            Refusal::AdminNotFound { .. }
+            | Refusal::AdminTokenUnset { .. }
+            | Refusal::AdminUnauthorized
+            | Refusal::SandboxNotFound { .. }
+            | Refusal::SandboxDeactivated { .. }
+            | Refusal::InvalidBody { .. }
+            | Refusal::ExtensionLimit { .. }
+            | Refusal::CapacityReached { .. }
+            | Refusal::StoreUnavailable => Stage::Admin,
         }
     }
 
@@ -260,6 +323,14 @@ impl Refusal {
             Refusal::UpstreamTimeout { .. } => "Sandbox backend timed out",
             Refusal::UpstreamError { .. } => "Sandbox backend failed",
             Refusal::AdminNotFound { .. } => "Not found",
+            Refusal::AdminTokenUnset { .. } => "Provisioning API disabled",
+            Refusal::AdminUnauthorized => "Service token required",
+            Refusal::SandboxNotFound { .. } => "No such sandbox",
+            Refusal::SandboxDeactivated { .. } => "Sandbox deactivated",
+            Refusal::InvalidBody { .. } => "Invalid request body",
+            Refusal::ExtensionLimit { .. } => "Extension beyond the longest sandbox life",
+            Refusal::CapacityReached { .. } => "Sandbox capacity reached",
+            Refusal::StoreUnavailable => "Store unavailable",
             Refusal::Internal => "Internal gateway error",
         }
     }
@@ -282,9 +353,18 @@ impl Refusal {
                 Some(format!("apis.{api}.upstream.url"))
             }
             Refusal::UpstreamTimeout { api, .. } => Some(format!("apis.{api}.upstream.timeout")),
+            Refusal::AdminTokenUnset { .. } | Refusal::AdminUnauthorized => {
+                Some("admin.token_env".into())
+            }
+            Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
+            Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
             | Refusal::InvalidPath { .. }
             | Refusal::AdminNotFound { .. }
+            | Refusal::SandboxNotFound { .. }
+            | Refusal::SandboxDeactivated { .. }
+            | Refusal::InvalidBody { .. }
+            | Refusal::StoreUnavailable
             | Refusal::Internal => None,
         }
     }
@@ -366,6 +446,31 @@ impl Refusal {
             Refusal::AdminNotFound { path } => {
                 format!("Nothing is served at '{path}' on the admin listener.")
             }
+            Refusal::AdminTokenUnset { env } => format!(
+                "The provisioning API is disabled: the environment variable {env} that holds its service token is not set."
+            ),
+            Refusal::AdminUnauthorized => {
+                "The request has no valid service token in `Authorization: Bearer …`.".into()
+            }
+            Refusal::SandboxNotFound { id } => format!("No sandbox has the id '{id}'."),
+            Refusal::SandboxDeactivated { id } => {
+                format!("Sandbox '{id}' is deactivated and can no longer change.")
+            }
+            Refusal::InvalidBody { errors } => {
+                let list: Vec<String> = errors.iter().map(|(p, m)| format!("{p}: {m}")).collect();
+                format!("The request body is not valid: {}.", list.join("; "))
+            }
+            Refusal::ExtensionLimit {
+                id,
+                latest,
+                max_days,
+            } => format!(
+                "Sandbox '{id}' may live at most {max_days} days in total; the latest possible expiry is {latest}."
+            ),
+            Refusal::CapacityReached { max } => {
+                format!("{max} sandboxes are active, the most allowed at once.")
+            }
+            Refusal::StoreUnavailable => "The gateway's store did not answer.".into(),
             Refusal::Internal => "The gateway failed while handling this request.".into(),
         }
     }
@@ -414,8 +519,28 @@ impl Refusal {
                 "Retry later (use an Idempotency-Key for writes); if it persists, tell the sandbox operators.".into()
             }
             Refusal::AdminNotFound { .. } => {
-                "The admin listener serves /healthz, /readyz and /metrics.".into()
+                "The admin listener serves /healthz, /readyz, /metrics and /internal/sandboxes.".into()
             }
+            Refusal::AdminTokenUnset { env } => {
+                format!("Set {env} in the gateway's environment and restart it.")
+            }
+            Refusal::AdminUnauthorized => {
+                "Send `Authorization: Bearer <service token>`; the token is in the variable named by admin.token_env.".into()
+            }
+            Refusal::SandboxNotFound { .. } => {
+                "List the sandboxes with GET /internal/sandboxes.".into()
+            }
+            Refusal::SandboxDeactivated { .. } => "Provision a new sandbox.".into(),
+            Refusal::InvalidBody { .. } => {
+                "Fix the fields listed in `errors` and send the request again.".into()
+            }
+            Refusal::ExtensionLimit { latest, .. } => {
+                format!("Extend by fewer days (to {latest} at the latest), or provision a new sandbox.")
+            }
+            Refusal::CapacityReached { .. } => {
+                "Deactivate sandboxes that are no longer used (DELETE /internal/sandboxes/{id}), or raise tenants.max_active_sandboxes.".into()
+            }
+            Refusal::StoreUnavailable => "Retry shortly; if it persists, check the store.".into(),
             Refusal::Internal => "Retry; if it persists, report the request id to the sandbox operators.".into(),
         }
     }
@@ -428,6 +553,7 @@ impl Refusal {
                 | Refusal::UpstreamUnavailable { .. }
                 | Refusal::UpstreamTimeout { .. }
                 | Refusal::UpstreamError { .. }
+                | Refusal::StoreUnavailable
                 | Refusal::Internal
         )
     }
@@ -462,6 +588,13 @@ impl Refusal {
             Refusal::MethodNotAllowed { allow, .. } => {
                 body.insert("allow".into(), json!(allow));
             }
+            Refusal::InvalidBody { errors } => {
+                let list: Vec<Value> = errors
+                    .iter()
+                    .map(|(p, m)| json!({"pointer": p, "message": m}))
+                    .collect();
+                body.insert("errors".into(), Value::Array(list));
+            }
             Refusal::UnknownApi { apis, .. } => {
                 let list: Vec<Value> = apis
                     .iter()
@@ -484,6 +617,9 @@ impl Refusal {
             && let Ok(v) = HeaderValue::from_str(&allow.join(", "))
         {
             headers.insert(header::ALLOW, v);
+        }
+        if matches!(self, Refusal::AdminUnauthorized) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if matches!(self, Refusal::RequestTimeout { .. }) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

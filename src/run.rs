@@ -12,10 +12,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
-use crate::config::{ConfigErrors, Source};
+use crate::config::{ConfigErrors, Source, StoreConfig, StoreKind};
 use crate::gateway::Gateway;
 use crate::sandbox::{Overrides, Sandbox};
 use crate::server::{self, ConnSettings};
+use crate::store::{FileStore, MemoryStore, SharedStore};
+use crate::tenants::Registry;
 
 /// Why a gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,9 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(String),
     /// A worker thread or its runtime could not be started.
     #[error("cannot start a worker: {0}")]
     Runtime(String),
@@ -79,6 +84,21 @@ fn probe_exclusive(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         .ok_or_else(|| std::io::Error::other("not an IP address"))
 }
 
+/// Opens the configured store. A file path is relative to the sandbox
+/// directory (to the working directory for the bundled demo).
+fn open_store(cfg: &StoreConfig, source: &Source) -> Result<SharedStore, StartError> {
+    Ok(match cfg.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::File => {
+            let path = match source {
+                Source::Dir(dir) => dir.join(&cfg.path),
+                Source::Embedded(_) => cfg.path.clone(),
+            };
+            Arc::new(FileStore::open(&path).map_err(|e| StartError::Store(e.to_string()))?)
+        }
+    })
+}
+
 /// One listener's sockets, one per worker.
 struct Bound {
     sockets: Vec<std::net::TcpListener>,
@@ -127,7 +147,13 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         source: e,
     })?;
 
-    let gateway = Arc::new(Gateway::new(sandbox, source, overrides));
+    let store = open_store(&sandbox.store, &source)?;
+    let gateway = Arc::new(Gateway::new(
+        sandbox,
+        source,
+        overrides,
+        Registry::new(store),
+    ));
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, workers_done) = mpsc::unbounded_channel();
 

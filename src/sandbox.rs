@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{
-    Config, ConfigError, ConfigErrors, LimitsConfig, Mode, Source, TimeoutsConfig,
+    Config, ConfigError, ConfigErrors, LimitsConfig, Mode, Source, StoreConfig, TenantsConfig,
+    TimeoutsConfig,
 };
 use crate::contract::Contract;
 use crate::telemetry::ApiMetrics;
@@ -75,6 +76,16 @@ pub struct Sandbox {
     pub admin_listen: SocketAddr,
     /// Threads serving the public listeners.
     pub workers: usize,
+    /// Lifecycle rules of tenants.
+    pub tenants: TenantsConfig,
+    /// The store's configuration (opened once at start; see `run`).
+    pub store: StoreConfig,
+    /// SHA-256 of the admin service token, read from `admin.token_env`.
+    pub admin_token_sha256: Option<String>,
+    /// The variable that holds the admin service token.
+    pub admin_token_env: String,
+    /// Base URL partners use, for provisioning answers.
+    pub public_url: String,
 }
 
 impl Sandbox {
@@ -170,6 +181,7 @@ impl Sandbox {
             errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             return Err(ConfigErrors(errors));
         }
+        let public_url = public_url(&config);
         let api_list = apis
             .iter()
             .map(|a| (a.name.to_string(), a.prefix.clone()))
@@ -188,6 +200,29 @@ impl Sandbox {
             listeners,
             admin_listen: overrides.admin_listen.unwrap_or(config.admin.listen),
             workers,
+            public_url,
+            admin_token_sha256: std::env::var(&config.admin.token_env)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(|t| crate::tenants::sha256_hex(&t)),
+            admin_token_env: config.admin.token_env.clone(),
+            tenants: config.tenants,
+            store: config.store,
         })
+    }
+}
+
+/// The URL partners reach the sandbox at: the first configured host over
+/// the first listener's scheme (HTTPS when it has TLS), or the listener's
+/// own address when no host is configured.
+fn public_url(config: &Config) -> String {
+    let Some(l) = config.listeners.first() else {
+        return String::new();
+    };
+    let scheme = if l.tls.is_some() { "https" } else { "http" };
+    match config.hosts.first() {
+        Some(h) if h.contains(':') => format!("{scheme}://[{h}]:{}", l.addr.value.port()),
+        Some(h) => format!("{scheme}://{h}:{}", l.addr.value.port()),
+        None => format!("{scheme}://{}", l.addr.value),
     }
 }

@@ -40,6 +40,12 @@ pub struct Config {
     /// Timeouts applied at the edge.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// Where tenants and credentials are kept. Default: `memory`.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Lifecycle rules of tenants.
+    #[serde(default)]
+    pub tenants: TenantsConfig,
     /// Threads serving the public listeners, each with its own event loop and
     /// its own `SO_REUSEPORT` socket (like nginx's workers). Default: the
     /// number of CPUs.
@@ -105,12 +111,84 @@ pub struct AdminConfig {
     /// Default: `127.0.0.1:9090`.
     #[serde(default = "default_admin_listen")]
     pub listen: SocketAddr,
+    /// Name of the environment variable holding the service token that
+    /// authorizes `/internal/*` (`Authorization: Bearer <token>`). The token
+    /// itself is never written in the configuration. While the variable is
+    /// unset or empty, `/internal/*` answers 503 `admin_token_unset`.
+    /// Default: `SANDGATE_ADMIN_TOKEN`.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            token_env: default_token_env(),
+        }
+    }
+}
+
+fn default_token_env() -> String {
+    "SANDGATE_ADMIN_TOKEN".into()
+}
+
+/// Where tenants, credentials and archives are kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (lost on exit) or `file` (embedded redb database: survives
+    /// restarts and `kill -9`). `redis` arrives with the limits issue.
+    pub kind: StoreKind,
+    /// The database file for `kind: file`, relative to the sandbox directory
+    /// (to the working directory for the bundled demo). Default:
+    /// `data/sandgate.redb`.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            path: default_store_path(),
+        }
+    }
+}
+
+fn default_store_path() -> PathBuf {
+    PathBuf::from("data/sandgate.redb")
+}
+
+/// A store backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// In memory.
+    Memory,
+    /// Embedded redb file.
+    File,
+}
+
+/// Lifecycle rules of tenants (sandboxes).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantsConfig {
+    /// Most sandboxes that may be active at once; provisioning beyond it is
+    /// refused with 429 `capacity_reached`. Default: 1000.
+    pub max_active_sandboxes: usize,
+    /// Life of a new sandbox when the request gives no `expiry_days`. Default: 14.
+    pub default_expiry_days: u32,
+    /// Longest total life of a sandbox, extensions included. Default: 30.
+    pub max_lifetime_days: u32,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        Self {
+            max_active_sandboxes: 1000,
+            default_expiry_days: 14,
+            max_lifetime_days: 30,
         }
     }
 }
@@ -453,6 +531,19 @@ impl Config {
             err(
                 0,
                 "`limits`: HTTP/2 windows must be between 65535 and 2147483647 bytes".into(),
+            );
+        }
+        let tc = &self.tenants;
+        if tc.max_active_sandboxes == 0
+            || tc.default_expiry_days == 0
+            || tc.default_expiry_days > tc.max_lifetime_days
+        {
+            err(0, "`tenants`: max_active_sandboxes and default_expiry_days must be above zero, and default_expiry_days at most max_lifetime_days".into());
+        }
+        if self.admin.token_env.is_empty() {
+            err(
+                0,
+                "`admin.token_env` must name an environment variable".into(),
             );
         }
         let t = &self.timeouts;

@@ -77,6 +77,22 @@ async fn every_refusal_has_the_problem_shape() {
         },
         Refusal::UpstreamError { api: "a".into() },
         Refusal::AdminNotFound { path: "/x".into() },
+        Refusal::AdminTokenUnset {
+            env: "SANDGATE_ADMIN_TOKEN".into(),
+        },
+        Refusal::AdminUnauthorized,
+        Refusal::SandboxNotFound { id: "sbx_1".into() },
+        Refusal::SandboxDeactivated { id: "sbx_1".into() },
+        Refusal::InvalidBody {
+            errors: vec![("/expiry_days".into(), "must be a number".into())],
+        },
+        Refusal::ExtensionLimit {
+            id: "sbx_1".into(),
+            latest: "2027-01-01T00:00:00Z".into(),
+            max_days: 30,
+        },
+        Refusal::CapacityReached { max: 1 },
+        Refusal::StoreUnavailable,
         Refusal::Internal,
     ];
     let mut codes = std::collections::HashSet::new();

@@ -1,6 +1,9 @@
-//! The internal admin listener: liveness, readiness and Prometheus metrics.
-//! It is a separate listener (default 127.0.0.1) so none of it is reachable
-//! from the public one.
+//! The internal admin listener: liveness, readiness, Prometheus metrics and
+//! the provisioning API (`/internal/sandboxes`, in [`sandboxes`]). It is a
+//! separate listener (default 127.0.0.1) so none of it is reachable from the
+//! public one.
+
+mod sandboxes;
 
 use std::sync::Arc;
 
@@ -60,6 +63,18 @@ impl Handler for Admin {
                 Some(h) => text(StatusCode::OK, "text/plain; version=0.0.4", h.render()),
                 None => Refusal::Internal.into_response(&request_id),
             },
+            (_, path)
+                if path == "/internal/sandboxes" || path.starts_with("/internal/sandboxes/") =>
+            {
+                let sandbox = self.gateway.sandbox();
+                match sandboxes::handle(&self.gateway, &sandbox, req).await {
+                    Ok(resp) => resp,
+                    Err(refusal) => {
+                        crate::telemetry::RequestRefused(&refusal).emit();
+                        refusal.into_response(&request_id)
+                    }
+                }
+            }
             (_, path) => Refusal::AdminNotFound {
                 path: path.to_owned(),
             }

@@ -1,0 +1,252 @@
+//! Tenants: one sandbox per partner or prospect, with its credentials, plan,
+//! enabled APIs and expiry. Kept in the [`Store`](crate::store::Store);
+//! secrets are shown once at provisioning and stored only as SHA-256 hashes
+//! (they are 256-bit random values, so a fast hash is enough).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{SharedStore, StoreError, keys};
+
+/// The record of one tenant, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Tenant {
+    /// The sandbox id, `sbx_…`.
+    pub id: String,
+    /// The prospect's or partner's company.
+    pub prospect_company: String,
+    /// The contact's email.
+    pub prospect_email: String,
+    /// The CRM deal this sandbox belongs to.
+    pub deal_id: Option<String>,
+    /// Industry, for analytics.
+    pub industry: Option<String>,
+    /// Persona, for analytics.
+    pub persona: Option<String>,
+    /// The plan (limits arrive with the limits issue).
+    pub plan: String,
+    /// APIs the tenant may call; `None` means all.
+    pub features_enabled: Option<Vec<String>>,
+    /// Seed profile for sample data (the writes issue loads it).
+    pub sample_data_persona: Option<String>,
+    /// mTLS identities mapped to this tenant.
+    pub mtls_identities: Vec<String>,
+    /// OAuth client id.
+    pub client_id: String,
+    /// SHA-256 (hex) of the client secret.
+    pub client_secret_sha256: String,
+    /// SHA-256 (hex) of the API key.
+    pub api_key_sha256: String,
+    /// Creation time, Unix seconds.
+    pub created_at: u64,
+    /// Expiry time, Unix seconds.
+    pub expires_at: u64,
+    /// Set when the sandbox was deactivated (Unix seconds).
+    pub deactivated_at: Option<u64>,
+}
+
+/// A tenant's status at a given time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Usable.
+    Active,
+    /// Past `expires_at`.
+    Expired,
+    /// Deactivated by the operators.
+    Deactivated,
+}
+
+impl Tenant {
+    /// The status at `now` (Unix seconds).
+    pub fn status(&self, now: u64) -> Status {
+        if self.deactivated_at.is_some() {
+            Status::Deactivated
+        } else if now >= self.expires_at {
+            Status::Expired
+        } else {
+            Status::Active
+        }
+    }
+}
+
+/// The secrets of a new tenant, shown once.
+#[derive(Debug, Serialize)]
+pub struct Credentials {
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret.
+    pub client_secret: String,
+    /// Sandbox API key.
+    pub api_key: String,
+}
+
+/// Unix time in seconds.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One day.
+pub const DAY: u64 = 86_400;
+
+/// 32 random bytes as hex.
+fn random_hex(rng: &SystemRandom) -> Result<String, StoreError> {
+    let mut b = [0u8; 32];
+    rng.fill(&mut b)
+        .map_err(|_| StoreError::Unavailable("no system randomness".into()))?;
+    Ok(hex(&b))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a secret, hex.
+pub fn sha256_hex(secret: &str) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref())
+}
+
+fn tenant_key(id: &str) -> String {
+    format!("g/tenants/{id}")
+}
+fn api_key_index(hash: &str) -> String {
+    format!("g/apikeys/{hash}")
+}
+fn archive_key(id: &str) -> String {
+    format!("g/archive/{id}")
+}
+
+/// Fresh credentials and their hashes for a new tenant.
+pub fn new_credentials(api_key_prefix: &str) -> Result<(Credentials, String, String), StoreError> {
+    let rng = SystemRandom::new();
+    let creds = Credentials {
+        client_id: format!("cli_{}", ulid::Ulid::new().to_string().to_ascii_lowercase()),
+        client_secret: random_hex(&rng)?,
+        api_key: format!("{api_key_prefix}{}", random_hex(&rng)?),
+    };
+    let secret_hash = sha256_hex(&creds.client_secret);
+    let key_hash = sha256_hex(&creds.api_key);
+    Ok((creds, secret_hash, key_hash))
+}
+
+/// A new sandbox id.
+pub fn new_id() -> String {
+    format!("sbx_{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
+}
+
+/// Tenants in a store.
+#[derive(Clone)]
+pub struct Registry {
+    store: SharedStore,
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl Registry {
+    /// The tenants kept in `store`.
+    pub fn new(store: SharedStore) -> Self {
+        Self { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    /// Saves a tenant (new or changed) and its API-key index entry.
+    pub async fn put(&self, t: &Tenant) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(t).map_err(corrupt)?;
+        self.store.put(&tenant_key(&t.id), json, None).await?;
+        self.store
+            .put(
+                &api_key_index(&t.api_key_sha256),
+                t.id.clone().into_bytes(),
+                None,
+            )
+            .await
+    }
+
+    /// The tenant `id`.
+    pub async fn get(&self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        match self.store.get(&tenant_key(id)).await? {
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(corrupt),
+            None => Ok(None),
+        }
+    }
+
+    /// The tenant owning an API key, by the key's hash.
+    pub async fn by_api_key_hash(&self, hash: &str) -> Result<Option<Tenant>, StoreError> {
+        match self.store.get(&api_key_index(hash)).await? {
+            Some(id) => self.get(&String::from_utf8_lossy(&id)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Every tenant, oldest first.
+    pub async fn list(&self) -> Result<Vec<Tenant>, StoreError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.scan("g/tenants/", after.as_deref(), 500).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (_, v) in &page {
+                out.push(serde_json::from_slice::<Tenant>(v).map_err(corrupt)?);
+            }
+        }
+        out.sort_by_key(|t| t.created_at);
+        Ok(out)
+    }
+
+    /// Deactivates a tenant: its credentials stop working at once, its
+    /// record and data are archived as JSON, and its data is freed.
+    pub async fn deactivate(&self, mut t: Tenant, now: u64) -> Result<Tenant, StoreError> {
+        t.deactivated_at = Some(now);
+        let data = self
+            .store
+            .scan(&keys::tenant(&t.id), None, usize::MAX)
+            .await?;
+        let archive = serde_json::json!({
+            "tenant": &t,
+            "archived_at": now,
+            "data": data.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect::<std::collections::BTreeMap<_, _>>(),
+        });
+        self.store
+            .put(
+                &archive_key(&t.id),
+                serde_json::to_vec(&archive).map_err(corrupt)?,
+                None,
+            )
+            .await?;
+        self.store.delete(&api_key_index(&t.api_key_sha256)).await?;
+        self.store.delete_prefix(&keys::tenant(&t.id)).await?;
+        let json = serde_json::to_vec(&t).map_err(corrupt)?;
+        self.store.put(&tenant_key(&t.id), json, None).await?;
+        Ok(t)
+    }
+
+    /// The archive of a deactivated tenant.
+    pub async fn archive(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        match self.store.get(&archive_key(id)).await? {
+            Some(v) => serde_json::from_slice(&v).map(Some).map_err(corrupt),
+            None => Ok(None),
+        }
+    }
+
+    /// Wipes a tenant's sandbox data (not its credentials); returns how many
+    /// entries were removed.
+    pub async fn reset(&self, id: &str) -> Result<u64, StoreError> {
+        self.store.delete_prefix(&keys::tenant(id)).await
+    }
+}
+
+/// Days, as a `Duration`.
+pub fn days(n: u64) -> Duration {
+    Duration::from_secs(n * DAY)
+}
