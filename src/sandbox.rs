@@ -181,7 +181,7 @@ impl Sandbox {
             errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             return Err(ConfigErrors(errors));
         }
-        let public_url = public_url(&config);
+        let public_url = public_url(&config, listeners.first().map(|l| l.addr));
         let api_list = apis
             .iter()
             .map(|a| (a.name.to_string(), a.prefix.clone()))
@@ -213,16 +213,16 @@ impl Sandbox {
 }
 
 /// The URL partners reach the sandbox at: the first configured host over
-/// the first listener's scheme (HTTPS when it has TLS), or the listener's
-/// own address when no host is configured.
-fn public_url(config: &Config) -> String {
-    let Some(l) = config.listeners.first() else {
+/// the first listener's scheme (HTTPS when it has TLS) and port (after
+/// `--listen`), or the listener's own address when no host is configured.
+fn public_url(config: &Config, addr: Option<SocketAddr>) -> String {
+    let (Some(l), Some(addr)) = (config.listeners.first(), addr) else {
         return String::new();
     };
     let scheme = if l.tls.is_some() { "https" } else { "http" };
     match config.hosts.first() {
-        Some(h) if h.contains(':') => format!("{scheme}://[{h}]:{}", l.addr.value.port()),
-        Some(h) => format!("{scheme}://{h}:{}", l.addr.value.port()),
-        None => format!("{scheme}://{}", l.addr.value),
+        Some(h) if h.contains(':') => format!("{scheme}://[{h}]:{}", addr.port()),
+        Some(h) => format!("{scheme}://{h}:{}", addr.port()),
+        None => format!("{scheme}://{addr}"),
     }
 }
