@@ -98,7 +98,7 @@ impl Handler for Gateway {
 
         let outcome = tokio::time::timeout(
             sandbox.timeouts.request.get(),
-            pipeline::run(&sandbox, req, &conn, &mut facts),
+            pipeline::run(&sandbox, &self.registry, req, &conn, &mut facts),
         )
         .await;
         let result = outcome.unwrap_or_else(|_| {
@@ -124,6 +124,7 @@ impl Handler for Gateway {
             operation: api
                 .zip(facts.operation)
                 .and_then(|(a, op)| a.contract.as_ref().map(|c| c.operations[op].id.as_str())),
+            tenant: facts.tenant.as_deref(),
             method: &method,
             status: resp.status().as_u16(),
             code,

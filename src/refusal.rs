@@ -21,6 +21,10 @@ pub enum Stage {
     Edge,
     /// Host, API and operation resolution.
     Route,
+    /// Credentials → principal.
+    Identify,
+    /// Tenant status and plan.
+    Admit,
     /// Producing the answer: facade or upstream.
     Dispatch,
     /// The internal admin listener.
@@ -33,6 +37,8 @@ impl Stage {
         match self {
             Stage::Edge => "edge",
             Stage::Route => "route",
+            Stage::Identify => "identify",
+            Stage::Admit => "admit",
             Stage::Dispatch => "dispatch",
             Stage::Admin => "admin",
         }
@@ -163,6 +169,37 @@ pub enum Refusal {
         /// The path asked for.
         path: String,
     },
+    /// No credentials on a request to an API that requires them.
+    MissingCredentials {
+        /// The API.
+        api: String,
+    },
+    /// Production credentials sent to the sandbox.
+    ProductionCredentials {
+        /// The sandbox key prefix to use instead.
+        sandbox_prefix: String,
+    },
+    /// A sandbox API key that belongs to no active sandbox.
+    UnknownApiKey,
+    /// A credential that is not a sandbox API key.
+    MalformedCredentials {
+        /// The sandbox key prefix.
+        sandbox_prefix: String,
+    },
+    /// The tenant's sandbox has expired.
+    SandboxExpired {
+        /// The sandbox.
+        id: String,
+        /// When it expired (RFC 3339).
+        expired_at: String,
+    },
+    /// The tenant's sandbox does not include this API.
+    FeatureNotEnabled {
+        /// The API.
+        api: String,
+        /// The APIs it includes.
+        enabled: Vec<String>,
+    },
     /// `/internal/*` is disabled: the service-token variable is unset.
     AdminTokenUnset {
         /// The variable's name (never its value).
@@ -200,7 +237,10 @@ pub enum Refusal {
         max: usize,
     },
     /// The store did not answer.
-    StoreUnavailable,
+    StoreUnavailable {
+        /// The stage that needed it.
+        stage: Stage,
+    },
     /// A bug or an unexpected condition inside the gateway.
     Internal,
 }
@@ -227,13 +267,19 @@ impl Refusal {
             Refusal::UpstreamError { .. } => "upstream_error",
             Refusal::AdminNotFound { .. } => "not_found",
             Refusal::AdminTokenUnset { .. } => "admin_token_unset",
+            Refusal::MissingCredentials { .. } => "missing_credentials",
+            Refusal::ProductionCredentials { .. } => "production_credentials",
+            Refusal::UnknownApiKey => "unknown_api_key",
+            Refusal::MalformedCredentials { .. } => "malformed_credentials",
+            Refusal::SandboxExpired { .. } => "sandbox_expired",
+            Refusal::FeatureNotEnabled { .. } => "feature_not_enabled",
             Refusal::AdminUnauthorized => "unauthorized",
             Refusal::SandboxNotFound { .. } => "sandbox_not_found",
             Refusal::SandboxDeactivated { .. } => "sandbox_deactivated",
             Refusal::InvalidBody { .. } => "invalid_body",
             Refusal::ExtensionLimit { .. } => "extension_limit",
             Refusal::CapacityReached { .. } => "capacity_reached",
-            Refusal::StoreUnavailable => "store_unavailable",
+            Refusal::StoreUnavailable { .. } => "store_unavailable",
             Refusal::Internal => "internal_error",
         }
     }
@@ -253,10 +299,17 @@ impl Refusal {
             | Refusal::UnknownOperation { .. }
             | Refusal::AdminNotFound { .. }
             | Refusal::SandboxNotFound { .. } => StatusCode::NOT_FOUND,
-            Refusal::AdminTokenUnset { .. } | Refusal::StoreUnavailable => {
+            Refusal::AdminTokenUnset { .. } | Refusal::StoreUnavailable { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Refusal::AdminUnauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::AdminUnauthorized
+            | Refusal::MissingCredentials { .. }
+            | Refusal::ProductionCredentials { .. }
+            | Refusal::UnknownApiKey
+            | Refusal::MalformedCredentials { .. } => StatusCode::UNAUTHORIZED,
+            Refusal::SandboxExpired { .. } | Refusal::FeatureNotEnabled { .. } => {
+                StatusCode::FORBIDDEN
+            }
             Refusal::SandboxDeactivated { .. } => StatusCode::CONFLICT,
             Refusal::InvalidBody { .. } => StatusCode::BAD_REQUEST,
             Refusal::ExtensionLimit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -291,6 +344,11 @@ impl Refusal {
             | Refusal::UpstreamTimeout { .. }
             | Refusal::UpstreamError { .. }
             | Refusal::Internal => Stage::Dispatch,
+            Refusal::MissingCredentials { .. }
+            | Refusal::ProductionCredentials { .. }
+            | Refusal::UnknownApiKey
+            | Refusal::MalformedCredentials { .. } => Stage::Identify,
+            Refusal::SandboxExpired { .. } | Refusal::FeatureNotEnabled { .. } => Stage::Admit,
             Refusal::AdminNotFound { .. }
             | Refusal::AdminTokenUnset { .. }
             | Refusal::AdminUnauthorized
@@ -298,8 +356,8 @@ impl Refusal {
             | Refusal::SandboxDeactivated { .. }
             | Refusal::InvalidBody { .. }
             | Refusal::ExtensionLimit { .. }
-            | Refusal::CapacityReached { .. }
-            | Refusal::StoreUnavailable => Stage::Admin,
+            | Refusal::CapacityReached { .. } => Stage::Admin,
+            Refusal::StoreUnavailable { stage } => *stage,
         }
     }
 
@@ -324,13 +382,19 @@ impl Refusal {
             Refusal::UpstreamError { .. } => "Sandbox backend failed",
             Refusal::AdminNotFound { .. } => "Not found",
             Refusal::AdminTokenUnset { .. } => "Provisioning API disabled",
+            Refusal::MissingCredentials { .. } => "Sandbox credentials required",
+            Refusal::ProductionCredentials { .. } => "Production credentials refused",
+            Refusal::UnknownApiKey => "Unknown sandbox API key",
+            Refusal::MalformedCredentials { .. } => "Credentials not understood",
+            Refusal::SandboxExpired { .. } => "Sandbox expired",
+            Refusal::FeatureNotEnabled { .. } => "API not enabled for this sandbox",
             Refusal::AdminUnauthorized => "Service token required",
             Refusal::SandboxNotFound { .. } => "No such sandbox",
             Refusal::SandboxDeactivated { .. } => "Sandbox deactivated",
             Refusal::InvalidBody { .. } => "Invalid request body",
             Refusal::ExtensionLimit { .. } => "Extension beyond the longest sandbox life",
             Refusal::CapacityReached { .. } => "Sandbox capacity reached",
-            Refusal::StoreUnavailable => "Store unavailable",
+            Refusal::StoreUnavailable { .. } => "Store unavailable",
             Refusal::Internal => "Internal gateway error",
         }
     }
@@ -356,6 +420,13 @@ impl Refusal {
             Refusal::AdminTokenUnset { .. } | Refusal::AdminUnauthorized => {
                 Some("admin.token_env".into())
             }
+            Refusal::MissingCredentials { api } => Some(format!("apis.{api}.auth")),
+            Refusal::ProductionCredentials { .. } => Some("auth.api_keys.live_prefixes".into()),
+            Refusal::UnknownApiKey | Refusal::MalformedCredentials { .. } => {
+                Some("auth.api_keys".into())
+            }
+            Refusal::SandboxExpired { .. } => Some("tenants.max_lifetime_days".into()),
+            Refusal::FeatureNotEnabled { .. } => Some("features_enabled".into()),
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
@@ -364,7 +435,7 @@ impl Refusal {
             | Refusal::SandboxNotFound { .. }
             | Refusal::SandboxDeactivated { .. }
             | Refusal::InvalidBody { .. }
-            | Refusal::StoreUnavailable
+            | Refusal::StoreUnavailable { .. }
             | Refusal::Internal => None,
         }
     }
@@ -446,6 +517,26 @@ impl Refusal {
             Refusal::AdminNotFound { path } => {
                 format!("Nothing is served at '{path}' on the admin listener.")
             }
+            Refusal::MissingCredentials { api } => format!(
+                "API '{api}' needs sandbox credentials: a sandbox API key in `Authorization: Bearer …` or `X-Api-Key`."
+            ),
+            Refusal::ProductionCredentials { sandbox_prefix } => format!(
+                "The request carries a production API key. This is the sandbox: it accepts only sandbox keys (they start with `{sandbox_prefix}`)."
+            ),
+            Refusal::UnknownApiKey => {
+                "The sandbox API key belongs to no active sandbox (it may have been deactivated)."
+                    .into()
+            }
+            Refusal::MalformedCredentials { sandbox_prefix } => format!(
+                "The credential sent is not a sandbox API key (those start with `{sandbox_prefix}`)."
+            ),
+            Refusal::SandboxExpired { id, expired_at } => {
+                format!("Sandbox '{id}' expired at {expired_at}.")
+            }
+            Refusal::FeatureNotEnabled { api, enabled } => format!(
+                "This sandbox includes the APIs {}; '{api}' is not one of them.",
+                enabled.join(", ")
+            ),
             Refusal::AdminTokenUnset { env } => format!(
                 "The provisioning API is disabled: the environment variable {env} that holds its service token is not set."
             ),
@@ -470,7 +561,7 @@ impl Refusal {
             Refusal::CapacityReached { max } => {
                 format!("{max} sandboxes are active, the most allowed at once.")
             }
-            Refusal::StoreUnavailable => "The gateway's store did not answer.".into(),
+            Refusal::StoreUnavailable { .. } => "The gateway's store did not answer.".into(),
             Refusal::Internal => "The gateway failed while handling this request.".into(),
         }
     }
@@ -524,6 +615,18 @@ impl Refusal {
             Refusal::AdminTokenUnset { env } => {
                 format!("Set {env} in the gateway's environment and restart it.")
             }
+            Refusal::MissingCredentials { .. } | Refusal::UnknownApiKey | Refusal::MalformedCredentials { .. } => {
+                "Use the sandbox credentials you were given at provisioning; ask your sandbox contact for new ones if they are lost.".into()
+            }
+            Refusal::ProductionCredentials { .. } => {
+                "Never send production credentials to the sandbox; use the sandbox API key from your sandbox provisioning email.".into()
+            }
+            Refusal::SandboxExpired { .. } => {
+                "Ask your sandbox contact to extend it (POST /internal/sandboxes/{id}/extend), or to provision a new one.".into()
+            }
+            Refusal::FeatureNotEnabled { .. } => {
+                "Ask your sandbox contact to enable this API for your sandbox.".into()
+            }
             Refusal::AdminUnauthorized => {
                 "Send `Authorization: Bearer <service token>`; the token is in the variable named by admin.token_env.".into()
             }
@@ -540,7 +643,7 @@ impl Refusal {
             Refusal::CapacityReached { .. } => {
                 "Deactivate sandboxes that are no longer used (DELETE /internal/sandboxes/{id}), or raise tenants.max_active_sandboxes.".into()
             }
-            Refusal::StoreUnavailable => "Retry shortly; if it persists, check the store.".into(),
+            Refusal::StoreUnavailable { .. } => "Retry shortly; if it persists, check the store.".into(),
             Refusal::Internal => "Retry; if it persists, report the request id to the sandbox operators.".into(),
         }
     }
@@ -553,7 +656,7 @@ impl Refusal {
                 | Refusal::UpstreamUnavailable { .. }
                 | Refusal::UpstreamTimeout { .. }
                 | Refusal::UpstreamError { .. }
-                | Refusal::StoreUnavailable
+                | Refusal::StoreUnavailable { .. }
                 | Refusal::Internal
         )
     }
@@ -618,8 +721,20 @@ impl Refusal {
         {
             headers.insert(header::ALLOW, v);
         }
-        if matches!(self, Refusal::AdminUnauthorized) {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match &self {
+            Refusal::AdminUnauthorized | Refusal::MissingCredentials { .. } => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Refusal::ProductionCredentials { .. }
+            | Refusal::UnknownApiKey
+            | Refusal::MalformedCredentials { .. } => {
+                // RFC 6750 §3.
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            _ => {}
         }
         if matches!(self, Refusal::RequestTimeout { .. }) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{
-    Config, ConfigError, ConfigErrors, LimitsConfig, Mode, Source, StoreConfig, TenantsConfig,
-    TimeoutsConfig,
+    ApiAuth, ApiKeysConfig, Config, ConfigError, ConfigErrors, LimitsConfig, Mode, Source,
+    StoreConfig, TenantsConfig, TimeoutsConfig,
 };
 use crate::contract::Contract;
 use crate::telemetry::ApiMetrics;
@@ -53,6 +53,8 @@ pub struct Api {
     pub max_body: u64,
     /// The configuration key the body limit came from.
     pub max_body_rule: String,
+    /// Whether callers must present sandbox credentials.
+    pub auth_required: bool,
     /// Pre-registered metric handles (no per-request label hashing).
     pub metrics: ApiMetrics,
 }
@@ -78,6 +80,8 @@ pub struct Sandbox {
     pub workers: usize,
     /// Lifecycle rules of tenants.
     pub tenants: TenantsConfig,
+    /// Sandbox API-key rules, when `auth` is configured.
+    pub api_keys: Option<ApiKeysConfig>,
     /// The store's configuration (opened once at start; see `run`).
     pub store: StoreConfig,
     /// SHA-256 of the admin service token, read from `admin.token_env`.
@@ -175,6 +179,7 @@ impl Sandbox {
                 upstream,
                 max_body,
                 max_body_rule,
+                auth_required: config.auth.is_some() && a.auth != Some(ApiAuth::None),
             });
         }
         if !errors.is_empty() {
@@ -207,6 +212,7 @@ impl Sandbox {
                 .map(|t| crate::tenants::sha256_hex(&t)),
             admin_token_env: config.admin.token_env.clone(),
             tenants: config.tenants,
+            api_keys: config.auth.map(|a| a.api_keys),
             store: config.store,
         })
     }

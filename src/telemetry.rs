@@ -92,6 +92,8 @@ pub struct RequestCompleted<'a> {
     pub api: Option<(&'a str, &'a ApiMetrics)>,
     /// The operation id, when resolved.
     pub operation: Option<&'a str>,
+    /// The identified tenant (a log field only: never a metric label).
+    pub tenant: Option<&'a str>,
     /// The method.
     pub method: &'a http::Method,
     /// The response status.
@@ -123,6 +125,7 @@ impl RequestCompleted<'_> {
             request_id = self.request_id,
             api = self.api.map(|(n, _)| n),
             operation = self.operation,
+            tenant = self.tenant,
             method = %self.method,
             status = self.status,
             code = self.code,

@@ -30,13 +30,14 @@ use crate::tenants::{self, DAY, Status, Tenant};
 /// Largest accepted admin request body.
 const MAX_BODY: u64 = 64 * 1024;
 
-/// The prefix of every sandbox API key (a live prefix is refused by the
-/// identify stage).
+/// The prefix of sandbox API keys when `auth.api_keys.prefix` is not set.
 pub const API_KEY_PREFIX: &str = "sk_sandbox_";
 
 fn store_err(e: StoreError) -> Refusal {
     tracing::error!(error = %e, "store failed during a provisioning call");
-    Refusal::StoreUnavailable
+    Refusal::StoreUnavailable {
+        stage: crate::refusal::Stage::Admin,
+    }
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
@@ -201,8 +202,13 @@ async fn create(
             max: cfg.max_active_sandboxes,
         });
     }
-    let (creds, secret_hash, key_hash) =
-        tenants::new_credentials(API_KEY_PREFIX).map_err(store_err)?;
+    let (creds, secret_hash, key_hash) = tenants::new_credentials(
+        sandbox
+            .api_keys
+            .as_ref()
+            .map_or(API_KEY_PREFIX, |k| k.prefix.as_str()),
+    )
+    .map_err(store_err)?;
     let tenant = Tenant {
         id: tenants::new_id(),
         prospect_company: r.prospect_company,

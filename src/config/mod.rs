@@ -40,6 +40,10 @@ pub struct Config {
     /// Timeouts applied at the edge.
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
+    /// Sandbox credentials. Without this section every API is public (no
+    /// identify or admit stage); with it, every API requires sandbox
+    /// credentials unless it says `auth: none`.
+    pub auth: Option<AuthConfig>,
     /// Where tenants and credentials are kept. Default: `memory`.
     #[serde(default)]
     pub store: StoreConfig,
@@ -133,6 +137,46 @@ fn default_token_env() -> String {
     "SANDGATE_ADMIN_TOKEN".into()
 }
 
+/// How callers prove they are a sandbox tenant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Sandbox API keys (`Authorization: Bearer <key>` or `X-Api-Key`).
+    #[serde(default)]
+    pub api_keys: ApiKeysConfig,
+}
+
+/// Sandbox API keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiKeysConfig {
+    /// The prefix every sandbox key has. Default: `sk_sandbox_`.
+    pub prefix: String,
+    /// Prefixes of production keys: such a key is refused with
+    /// `production_credentials`, saying where to get sandbox credentials.
+    /// Default: `[sk_live_]`.
+    pub live_prefixes: Vec<String>,
+}
+
+impl Default for ApiKeysConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "sk_sandbox_".into(),
+            live_prefixes: vec!["sk_live_".into()],
+        }
+    }
+}
+
+/// Whether an API requires credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiAuth {
+    /// Sandbox credentials are required (the default when `auth` is configured).
+    Required,
+    /// The API is public.
+    None,
+}
+
 /// Where tenants, credentials and archives are kept.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +268,9 @@ pub struct ApiConfig {
     pub contract: Option<Spanned<PathBuf>>,
     /// The real sandbox backend. Required for `upstream`.
     pub upstream: Option<UpstreamConfig>,
+    /// `required` (sandbox credentials, the default when the top-level `auth`
+    /// section exists) or `none` (public).
+    pub auth: Option<ApiAuth>,
     /// Remove `prefix` from the path before matching the contract and before
     /// proxying. Default: `true`.
     #[serde(default = "yes")]
@@ -532,6 +579,27 @@ impl Config {
                 0,
                 "`limits`: HTTP/2 windows must be between 65535 and 2147483647 bytes".into(),
             );
+        }
+        if let Some(a) = &self.auth {
+            let k = &a.api_keys;
+            if k.prefix.len() < 4
+                || k.live_prefixes.iter().any(|l| {
+                    l.is_empty() || l.starts_with(&k.prefix) || k.prefix.starts_with(l.as_str())
+                })
+            {
+                err(0, "`auth.api_keys`: `prefix` must be at least 4 characters, and no live prefix may be empty or overlap it".into());
+            }
+        }
+        for api in &self.apis {
+            if api.auth == Some(ApiAuth::Required) && self.auth.is_none() {
+                err(
+                    api.name.referenced.line(),
+                    format!(
+                        "API `{}` has `auth: required` but there is no top-level `auth` section",
+                        api.name.value
+                    ),
+                );
+            }
         }
         let tc = &self.tenants;
         if tc.max_active_sandboxes == 0

@@ -9,6 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::RequestFacts;
+use super::identify::Principal;
 use super::route::Routed;
 use crate::body::Body;
 use crate::config::Mode;
@@ -41,6 +42,7 @@ pub async fn dispatch(
     routed: Routed<'_>,
     req: Request<Incoming>,
     conn: &Arc<ConnInfo>,
+    principal: Option<&Principal>,
     facts: &mut RequestFacts,
 ) -> Result<Response<Body>, Refusal> {
     let api = routed.api;
@@ -76,6 +78,7 @@ pub async fn dispatch(
                         .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
                 }),
                 request_id: &facts.request_id,
+                tenant: principal.map(|p| p.tenant.id.as_str()),
             };
             upstream
                 .forward(req, routed.strip, api.max_body, &api.max_body_rule, fwd)

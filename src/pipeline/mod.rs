@@ -4,8 +4,8 @@
 //! ```text
 //! edge      head limits, canonical path                (crate::edge)
 //! route     Host + prefix → API; method + path → operation
-//! identify  credentials → principal                     (coming: identity issue)
-//! admit     tenant active, plan allows the API          (coming: identity issue)
+//! identify  credentials → principal (sandbox API keys; JWT and mTLS next)
+//! admit     tenant active and not expired; its sandbox includes the API
 //! limit     rate and quota                              (coming: limits issue)
 //! validate  request against the contract                (coming: facade issue)
 //! dispatch  facade answer or upstream proxy
@@ -15,7 +15,9 @@
 //! request and is rendered by [`crate::refusal`]. Responding (request id,
 //! metrics, access log) happens in [`crate::gateway`], around this function.
 
+pub mod admit;
 pub mod dispatch;
+pub mod identify;
 pub mod route;
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::body::Body;
 use crate::refusal::Refusal;
 use crate::sandbox::Sandbox;
 use crate::server::ConnInfo;
+use crate::tenants::Registry;
 
 /// What the pipeline learned about a request, for the response stage, the
 /// access log and metrics.
@@ -40,11 +43,14 @@ pub struct RequestFacts {
     pub operation: Option<usize>,
     /// Where the answer came from.
     pub source: Option<dispatch::AnswerSource>,
+    /// The identified tenant's id.
+    pub tenant: Option<String>,
 }
 
 /// Runs the stages in order.
 pub async fn run(
     sandbox: &Sandbox,
+    registry: &Registry,
     req: Request<Incoming>,
     conn: &Arc<ConnInfo>,
     facts: &mut RequestFacts,
@@ -55,8 +61,21 @@ pub async fn run(
     let routed = route::route(sandbox, &req)?;
     facts.api = Some(routed.api_index);
     facts.operation = routed.operation;
-    // identify, admit, limit, validate: added by the identity, limits and
-    // facade issues, in this order, here.
+    // identify: who is calling, from sandbox credentials only (the API
+    // decides whether credentials are needed, so this follows route).
+    let principal = identify::identify(
+        routed.api,
+        sandbox.api_keys.as_ref(),
+        req.headers(),
+        registry,
+    )
+    .await?;
+    // admit: the tenant's sandbox is active and includes this API.
+    if let Some(p) = &principal {
+        admit::admit(routed.api, p, crate::tenants::now_secs())?;
+        facts.tenant = Some(p.tenant.id.clone());
+    }
+    // limit, validate: added by the limits and facade issues, in this order, here.
     // dispatch: answer from the facade or forward to the backend.
-    dispatch::dispatch(routed, req, conn, facts).await
+    dispatch::dispatch(routed, req, conn, principal.as_ref(), facts).await
 }

@@ -81,6 +81,22 @@ async fn every_refusal_has_the_problem_shape() {
             env: "SANDGATE_ADMIN_TOKEN".into(),
         },
         Refusal::AdminUnauthorized,
+        Refusal::MissingCredentials { api: "a".into() },
+        Refusal::ProductionCredentials {
+            sandbox_prefix: "sk_sandbox_".into(),
+        },
+        Refusal::UnknownApiKey,
+        Refusal::MalformedCredentials {
+            sandbox_prefix: "sk_sandbox_".into(),
+        },
+        Refusal::SandboxExpired {
+            id: "sbx_1".into(),
+            expired_at: "2027-01-01T00:00:00Z".into(),
+        },
+        Refusal::FeatureNotEnabled {
+            api: "a".into(),
+            enabled: vec!["b".into()],
+        },
         Refusal::SandboxNotFound { id: "sbx_1".into() },
         Refusal::SandboxDeactivated { id: "sbx_1".into() },
         Refusal::InvalidBody {
@@ -92,7 +108,9 @@ async fn every_refusal_has_the_problem_shape() {
             max_days: 30,
         },
         Refusal::CapacityReached { max: 1 },
-        Refusal::StoreUnavailable,
+        Refusal::StoreUnavailable {
+            stage: Stage::Identify,
+        },
         Refusal::Internal,
     ];
     let mut codes = std::collections::HashSet::new();

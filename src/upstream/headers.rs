@@ -79,14 +79,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_SANDGATE_TENANT: HeaderName = HeaderName::from_static("x-sandgate-tenant");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Prepares a client's headers for the backend.
 pub(super) fn prepare_request(headers: &mut HeaderMap, fwd: Forwarded<'_>) {
     // The backend's Host comes from its own URL, set by the client.
+    // When the gateway identified the caller, its secret stays here: the
+    // backend learns the tenant from X-Sandgate-Tenant instead.
+    let authenticated = fwd.tenant.is_some();
     strip(headers, |n| {
-        n == "host" || is_hop_by_hop(n) || is_forged_identity(n)
+        n == "host"
+            || is_hop_by_hop(n)
+            || is_forged_identity(n)
+            || (authenticated && (n == "authorization" || n == "x-api-key"))
     });
+    if let Some(v) = fwd.tenant.and_then(header_value) {
+        headers.insert(X_SANDGATE_TENANT, v);
+    }
     if let Some(v) = header_value(&fwd.client_ip.to_string()) {
         headers.insert(X_FORWARDED_FOR, v);
     }
@@ -126,6 +136,7 @@ mod tests {
                 proto: "https",
                 host: Some(HeaderValue::from_static("api.sandbox.example.com")),
                 request_id: "req_1",
+                tenant: None,
             },
         );
         for gone in [

@@ -33,6 +33,9 @@ pub struct Forwarded<'a> {
     pub proto: &'static str,
     /// The host the client asked for (`Host`, or `:authority` on HTTP/2).
     pub host: Option<HeaderValue>,
+    /// The identified tenant, passed on as `X-Sandgate-Tenant` (the
+    /// caller's own credentials are then not forwarded).
+    pub tenant: Option<&'a str>,
     /// The request id, passed on as `X-Request-Id`.
     pub request_id: &'a str,
 }

@@ -1,0 +1,112 @@
+//! Identify: the request's credentials → a [`Principal`] (which tenant,
+//! which client, how it proved it). Only sandbox credentials are accepted;
+//! production ones are refused with an explanation, and no secret is ever
+//! echoed or logged.
+//!
+//! This version understands sandbox API keys (`Authorization: Bearer
+//! sk_sandbox_…` or `X-Api-Key`); JWTs from sandbox issuers and mTLS client
+//! certificates come next, as further `Via` kinds.
+
+use http::{HeaderMap, header};
+
+use crate::config::ApiKeysConfig;
+use crate::refusal::{Refusal, Stage};
+use crate::sandbox::Api;
+use crate::tenants::{Registry, Tenant, sha256_hex};
+
+/// How the caller proved who it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A sandbox API key.
+    ApiKey,
+}
+
+impl Via {
+    /// Name used in logs and events.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Via::ApiKey => "api_key",
+        }
+    }
+}
+
+/// An identified caller.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The tenant's record.
+    pub tenant: Tenant,
+    /// The client (the OAuth client id for API keys too).
+    pub client: String,
+    /// Granted scopes (API keys carry none: full access to the sandbox).
+    pub scopes: Vec<String>,
+    /// How it was proved.
+    pub via: Via,
+}
+
+/// The credential of a request, if any: a Bearer token or an `X-Api-Key`.
+fn credential(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    bearer
+        .or_else(|| {
+            headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        })
+        .filter(|c| !c.is_empty())
+}
+
+/// Identifies the caller of `api`. `Ok(None)`: the API is public.
+pub async fn identify(
+    api: &Api,
+    keys: Option<&ApiKeysConfig>,
+    headers: &HeaderMap,
+    registry: &Registry,
+) -> Result<Option<Principal>, Refusal> {
+    let Some(keys) = keys.filter(|_| api.auth_required) else {
+        return Ok(None);
+    };
+    let Some(cred) = credential(headers) else {
+        return Err(Refusal::MissingCredentials {
+            api: api.name.to_string(),
+        });
+    };
+    if keys
+        .live_prefixes
+        .iter()
+        .any(|p| cred.starts_with(p.as_str()))
+    {
+        tracing::warn!(api = %api.name, "production API key refused");
+        return Err(Refusal::ProductionCredentials {
+            sandbox_prefix: keys.prefix.clone(),
+        });
+    }
+    if !cred.starts_with(keys.prefix.as_str()) {
+        return Err(Refusal::MalformedCredentials {
+            sandbox_prefix: keys.prefix.clone(),
+        });
+    }
+    let tenant = registry
+        .by_api_key_hash(&sha256_hex(cred))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "store failed while identifying a caller");
+            Refusal::StoreUnavailable {
+                stage: Stage::Identify,
+            }
+        })?
+        .ok_or(Refusal::UnknownApiKey)?;
+    Ok(Some(Principal {
+        client: tenant.client_id.clone(),
+        tenant,
+        scopes: Vec::new(),
+        via: Via::ApiKey,
+    }))
+}
