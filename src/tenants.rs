@@ -138,10 +138,17 @@ pub fn new_id() -> String {
     format!("sbx_{}", ulid::Ulid::new().to_string().to_ascii_lowercase())
 }
 
-/// Tenants in a store.
+/// How long a resolved API key is served from memory. Deactivation through
+/// this registry takes effect at once (the entry is dropped); a change made
+/// by another replica is seen within this time.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Tenants in a store, with a bounded cache of resolved API keys so the
+/// identify stage does not read and decode a record on every request.
 #[derive(Clone)]
 pub struct Registry {
     store: SharedStore,
+    by_key: moka::sync::Cache<String, std::sync::Arc<Tenant>>,
 }
 
 fn corrupt(e: serde_json::Error) -> StoreError {
@@ -151,7 +158,13 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 impl Registry {
     /// The tenants kept in `store`.
     pub fn new(store: SharedStore) -> Self {
-        Self { store }
+        Self {
+            store,
+            by_key: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(KEY_CACHE_TTL)
+                .build(),
+        }
     }
 
     /// The underlying store.
@@ -161,6 +174,7 @@ impl Registry {
 
     /// Saves a tenant (new or changed) and its API-key index entry.
     pub async fn put(&self, t: &Tenant) -> Result<(), StoreError> {
+        self.by_key.invalidate(&t.api_key_sha256);
         let json = serde_json::to_vec(t).map_err(corrupt)?;
         self.store.put(&tenant_key(&t.id), json, None).await?;
         self.store
@@ -181,11 +195,22 @@ impl Registry {
     }
 
     /// The tenant owning an API key, by the key's hash.
-    pub async fn by_api_key_hash(&self, hash: &str) -> Result<Option<Tenant>, StoreError> {
-        match self.store.get(&api_key_index(hash)).await? {
-            Some(id) => self.get(&String::from_utf8_lossy(&id)).await,
-            None => Ok(None),
+    pub async fn by_api_key_hash(
+        &self,
+        hash: &str,
+    ) -> Result<Option<std::sync::Arc<Tenant>>, StoreError> {
+        if let Some(t) = self.by_key.get(hash) {
+            return Ok(Some(t));
         }
+        let Some(id) = self.store.get(&api_key_index(hash)).await? else {
+            return Ok(None);
+        };
+        let Some(t) = self.get(&String::from_utf8_lossy(&id)).await? else {
+            return Ok(None);
+        };
+        let t = std::sync::Arc::new(t);
+        self.by_key.insert(hash.to_owned(), t.clone());
+        Ok(Some(t))
     }
 
     /// Every tenant, oldest first.
@@ -228,6 +253,7 @@ impl Registry {
         self.store.delete_prefix(&keys::tenant(&t.id)).await?;
         let json = serde_json::to_vec(&t).map_err(corrupt)?;
         self.store.put(&tenant_key(&t.id), json, None).await?;
+        self.by_key.invalidate(&t.api_key_sha256);
         Ok(t)
     }
 

@@ -7,6 +7,8 @@
 //! sk_sandbox_…` or `X-Api-Key`); JWTs from sandbox issuers and mTLS client
 //! certificates come next, as further `Via` kinds.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, header};
 
 use crate::config::ApiKeysConfig;
@@ -34,7 +36,7 @@ impl Via {
 #[derive(Clone, Debug)]
 pub struct Principal {
     /// The tenant's record.
-    pub tenant: Tenant,
+    pub tenant: Arc<Tenant>,
     /// The client (the OAuth client id for API keys too).
     pub client: String,
     /// Granted scopes (API keys carry none: full access to the sandbox).
