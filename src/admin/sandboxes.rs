@@ -78,7 +78,17 @@ fn authorize(sandbox: &Sandbox, req: &Request<Incoming>) -> Result<(), Refusal> 
 
 /// Reads and parses a JSON body; every problem is an `invalid_body` error.
 async fn json_body<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, Refusal> {
-    let bytes: Bytes = crate::edge::read_body(body, MAX_BODY, "admin").await?;
+    let bytes: Bytes = crate::edge::read_body(body, MAX_BODY, "")
+        .await
+        .map_err(|r| match r {
+            Refusal::PayloadTooLarge { .. } => Refusal::InvalidBody {
+                errors: vec![(
+                    String::new(),
+                    format!("the body is larger than {MAX_BODY} bytes"),
+                )],
+            },
+            other => other,
+        })?;
     let bytes = if bytes.is_empty() {
         Bytes::from_static(b"{}")
     } else {
