@@ -1,2 +1,80 @@
-//! Placeholder; replaced by the routing benchmark.
-fn main() {}
+//! Criterion micro-benchmarks of the request path's CPU-only pieces:
+//! routing (demo contract and a 500-path contract), the edge head checks,
+//! and rendering a refusal. Run with `cargo bench --bench routing`.
+
+// criterion's macros generate functions without doc comments.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::Request;
+use sandgate::Overrides;
+use sandgate::config::Source;
+use sandgate::pipeline::route::route;
+use sandgate::refusal::Refusal;
+use sandgate::sandbox::Sandbox;
+
+/// A contract with `n` templated paths, and the sandbox serving it.
+fn big_sandbox(n: usize) -> Sandbox {
+    let mut spec = String::from("openapi: 3.0.3\ninfo: { title: Big, version: \"1\" }\npaths:\n");
+    for i in 0..n {
+        spec.push_str(&format!(
+            "  /v1/resource{i}/{{id}}:\n    get: {{ operationId: get{i}, responses: {{ \"200\": {{ description: ok, content: {{ application/json: {{ example: {{ id: x }} }} }} }} }} }}\n"
+        ));
+    }
+    let config =
+        "apis:\n  - name: big\n    prefix: /big\n    contract: big.yaml\n    mode: facade\n";
+    let files: &'static [(&'static str, &'static str)] = Box::leak(
+        vec![
+            ("sandgate.yaml", config),
+            ("big.yaml", Box::leak(spec.into_boxed_str()) as &str),
+        ]
+        .into_boxed_slice(),
+    );
+    Sandbox::load(&Source::Embedded(files), &Overrides::default()).expect("big sandbox loads")
+}
+
+fn get(uri: &str) -> Request<()> {
+    Request::get(uri)
+        .header("host", "localhost")
+        .header("accept", "application/json")
+        .body(())
+        .expect("request")
+}
+
+fn benches(c: &mut Criterion) {
+    let demo = Sandbox::load(&sandgate::demo::source(), &Overrides::default()).expect("demo loads");
+    let hit = get("/payments/v1/customers/cus_NffrFeUfNV2Hib");
+    let miss = get("/payments/v1/customerz/cus_1");
+    c.bench_function("route/demo/templated hit", |b| {
+        b.iter(|| route(black_box(&demo), black_box(&hit)).map(|r| r.operation))
+    });
+    c.bench_function("route/demo/unknown operation (refusal)", |b| {
+        b.iter(|| route(black_box(&demo), black_box(&miss)).map(|r| r.operation))
+    });
+
+    let big = big_sandbox(500);
+    let deep = get("/big/v1/resource499/abc");
+    c.bench_function("route/500 paths/last path", |b| {
+        b.iter(|| route(black_box(&big), black_box(&deep)).map(|r| r.operation))
+    });
+
+    c.bench_function("edge/check_head", |b| {
+        b.iter(|| sandgate::edge::check_head(black_box(&demo.limits), black_box(&hit)))
+    });
+    c.bench_function("refusal/render unknown_operation", |b| {
+        b.iter(|| {
+            Refusal::UnknownOperation {
+                api: "payments".into(),
+                method: "GET".into(),
+                path: "/v1/customerz/cus_1".into(),
+                nearest: vec!["/v1/customers".into(), "/v1/customers/{customer}".into()],
+            }
+            .into_response(black_box("req_01M81GMSXJ4ZJKZV4ZDPXNCHM1"))
+        })
+    });
+}
+
+criterion_group!(routing, benches);
+criterion_main!(routing);

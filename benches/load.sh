@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Load benchmark: the gateway against nginx on the same machine, same client
+# settings, one run. Drives four targets with wrk and prints req/s, p50, p99
+# and the gateway/nginx ratios as a markdown table for BENCHMARKS.md:
+#
+#   facade    sandgate, bundled demo: GET /payments/v1/customers/{id} (contract example)
+#   return200 nginx `return 200` with a JSON body of the same size class
+#   upstream  sandgate `upstream` API -> a fast local upstream (nginx return 200)
+#   proxy     nginx `proxy_pass` (keepalive pool) -> the same upstream
+#
+# Usage: benches/load.sh            (DURATION=10s CONNECTIONS=50 THREADS=2 ROUNDS=3)
+# Installs nginx and wrk with apt when missing. Everything listens on
+# 127.0.0.1; every process it starts is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
+
+need=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --quiet
+BIN=target/release/sandgate
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+P_NGX=$(free_port); P_UP=$(free_port); P_PROXY=$(free_port)
+P_FACADE=$(free_port); P_FACADE_ADMIN=$(free_port); P_GWUP=$(free_port); P_GWUP_ADMIN=$(free_port)
+
+BODY='{"id":"cus_NffrFeUfNV2Hib","object":"customer","created":1767225600,"email":"jenny.rosen@example.com","name":"Jenny Rosen","description":null,"phone":null,"metadata":{},"livemode":false}'
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<NGX
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:$P_UP; keepalive 64; }
+  server { listen 127.0.0.1:$P_NGX; location / { default_type application/json; return 200 '$BODY'; } }
+  server { listen 127.0.0.1:$P_UP;  location / { default_type application/json; return 200 '$BODY'; } }
+  server { listen 127.0.0.1:$P_PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGX
+"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
+
+mkdir -p "$WORK/sandbox"
+cat > "$WORK/sandbox/sandgate.yaml" <<YAML
+listeners:
+  - addr: 127.0.0.1:$P_GWUP
+admin:
+  listen: 127.0.0.1:$P_GWUP_ADMIN
+apis:
+  - name: echo
+    prefix: /echo
+    mode: upstream
+    upstream: { url: "http://127.0.0.1:$P_UP" }
+YAML
+# Access logs off on both sides (nginx: access_log off).
+SANDGATE_LOG=warn "$BIN" serve --listen 127.0.0.1:$P_FACADE --admin-listen 127.0.0.1:$P_FACADE_ADMIN >/dev/null & PIDS+=($!)
+SANDGATE_LOG=warn "$BIN" serve --config "$WORK/sandbox" >/dev/null & PIDS+=($!)
+
+wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+U_FACADE="http://127.0.0.1:$P_FACADE/payments/v1/customers/cus_NffrFeUfNV2Hib"
+U_NGX="http://127.0.0.1:$P_NGX/v1/customers/cus_NffrFeUfNV2Hib"
+U_GWUP="http://127.0.0.1:$P_GWUP/echo/v1/customers/cus_NffrFeUfNV2Hib"
+U_PROXY="http://127.0.0.1:$P_PROXY/v1/customers/cus_NffrFeUfNV2Hib"
+for u in "$U_FACADE" "$U_NGX" "$U_GWUP" "$U_PROXY"; do wait_up "$u"; done
+
+# One wrk run: prints "rps p50_ms p99_ms".
+run() {
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec/ { rps=$2 }
+    $1=="50%" { p50=ms($2) }
+    $1=="99%" { p99=ms($2) }
+    END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
+}
+for u in "$U_FACADE" "$U_NGX" "$U_GWUP" "$U_PROXY"; do wrk -t1 -c10 -d2s "$u" >/dev/null; done  # warm-up
+
+declare -A SUM_RPS SUM_P50 SUM_P99
+for name in facade return200 upstream proxy; do SUM_RPS[$name]=0; SUM_P50[$name]=0; SUM_P99[$name]=0; done
+for r in $(seq "$ROUNDS"); do
+  # Interleaved rounds, so drift of the machine affects every target alike.
+  for pair in "facade $U_FACADE" "return200 $U_NGX" "upstream $U_GWUP" "proxy $U_PROXY"; do
+    set -- $pair
+    read -r rps p50 p99 < <(run "$2")
+    echo "round $r $1: $rps req/s p50 ${p50}ms p99 ${p99}ms" >&2
+    SUM_RPS[$1]=$(python3 -c "print(${SUM_RPS[$1]}+$rps)")
+    SUM_P50[$1]=$(python3 -c "print(${SUM_P50[$1]}+$p50)")
+    SUM_P99[$1]=$(python3 -c "print(${SUM_P99[$1]}+$p99)")
+  done
+done
+avg() { python3 -c "print(round($1/$ROUNDS, 3))"; }
+
+CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+MEM=$(free -g | awk '/Mem:/{print $2" GiB"}')
+echo
+echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); machine: $(nproc) cores ($CPU), $MEM; wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, mean; server and client share the cores."
+echo
+echo "| target | req/s | p50 ms | p99 ms |"
+echo "|---|---:|---:|---:|"
+for name in facade return200 upstream proxy; do
+  echo "| $name | $(avg ${SUM_RPS[$name]}) | $(avg ${SUM_P50[$name]}) | $(avg ${SUM_P99[$name]}) |"
+done
+echo
+python3 - "${SUM_RPS[facade]}" "${SUM_RPS[return200]}" "${SUM_RPS[upstream]}" "${SUM_RPS[proxy]}" "${SUM_P99[upstream]}" "${SUM_P99[proxy]}" <<'PY'
+import sys
+f, n, u, p, u99, p99 = map(float, sys.argv[1:])
+print(f"facade / nginx return 200: {f/n:.2f}x (target >= 1.00)")
+print(f"upstream / nginx proxy_pass: {u/p:.2f}x (target >= 1.00), p99 {u99/p99:.2f}x of nginx's (target <= 1.00)")
+PY
