@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::body::Body;
 use crate::config::{ConfigErrors, Source};
@@ -89,23 +89,34 @@ impl Gateway {
 impl Handler for Gateway {
     async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
         let started = Instant::now();
-        let sandbox = self.sandbox.load_full();
+        // A guard, not a clone: no shared reference count is touched per
+        // request (that cache line would bounce between the workers).
+        let sandbox = self.sandbox.load();
         let method = req.method().clone();
         let mut facts = RequestFacts {
             request_id: crate::edge::request_id(req.headers()),
             ..Default::default()
         };
 
-        let outcome = tokio::time::timeout(
-            sandbox.timeouts.request.get(),
-            pipeline::run(&sandbox, &self.registry, req, &conn, &mut facts),
-        )
-        .await;
-        let result = outcome.unwrap_or_else(|_| {
-            Err(Refusal::RequestTimeout {
-                after: sandbox.timeouts.request.to_string(),
+        // The request timeout bounds body uploads (and, through them, the
+        // whole exchange). A request without a body needs no timer of its
+        // own: the pipeline is CPU-only up to dispatch, and an upstream
+        // exchange is bounded by the API's `upstream.timeout`, which is
+        // always shorter than `timeouts.request`.
+        let result = if req.body().is_end_stream() {
+            pipeline::run(&sandbox, &self.registry, req, &conn, &mut facts).await
+        } else {
+            tokio::time::timeout(
+                sandbox.timeouts.request.get(),
+                pipeline::run(&sandbox, &self.registry, req, &conn, &mut facts),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Refusal::RequestTimeout {
+                    after: sandbox.timeouts.request.to_string(),
+                })
             })
-        });
+        };
 
         // respond: every answer carries the request id; refusals are rendered here, once.
         let (mut resp, code) = match result {
