@@ -127,6 +127,15 @@ fn check(source: Source) -> ExitCode {
 
 async fn serve(config: Option<PathBuf>, overrides: Overrides) -> ExitCode {
     let demo = config.is_none();
+    // Before anything is announced: a SIGTERM sent as soon as the address is
+    // printed must drain, not kill.
+    let signals = match sandgate::run::Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sandgate: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let running = match start(source_of(config), overrides).await {
         Ok(r) => r,
         Err(e) => {
@@ -149,7 +158,7 @@ async fn serve(config: Option<PathBuf>, overrides: Overrides) -> ExitCode {
         println!("\nServing the bundled demo sandbox (a payments API). Try it:\n");
         println!("  curl -s {scheme}://{addr}/payments/v1/customers/cus_NffrFeUfNV2Hib\n");
     }
-    match running.run_until_signal().await {
+    match running.run_until_signal(signals).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sandgate: signal handling failed: {e}");

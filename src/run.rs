@@ -273,11 +273,14 @@ impl Running {
     }
 
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then drains.
-    pub async fn run_until_signal(self) -> std::io::Result<bool> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+    /// `signals` must be installed before the gateway announces itself, so
+    /// a signal sent right after start-up is handled, not fatal.
+    pub async fn run_until_signal(self, signals: Signals) -> std::io::Result<bool> {
+        let Signals {
+            mut term,
+            mut int,
+            mut hup,
+        } = signals;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -294,5 +297,25 @@ impl Running {
             tracing::warn!("grace period over; closing the remaining connections");
         }
         Ok(drained)
+    }
+}
+
+/// The process signals the gateway handles, installed (so no longer fatal)
+/// when this value is created.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs handlers for SIGTERM, SIGINT and SIGHUP.
+    pub fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 }
