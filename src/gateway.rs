@@ -86,6 +86,18 @@ impl Gateway {
     }
 }
 
+/// A HEAD answer carries the GET answer's headers and no content. hyper's
+/// HTTP/1.1 server drops the body itself; its HTTP/2 server would send it,
+/// which clients reject as a protocol error (RFC 9113 §8.1.1).
+fn drop_head_body(resp: &mut Response<Body>) {
+    if let Some(len) = resp.body().size_hint().exact().filter(|n| *n > 0) {
+        resp.headers_mut()
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| http::HeaderValue::from(len));
+    }
+    *resp.body_mut() = crate::body::empty();
+}
+
 impl Handler for Gateway {
     async fn handle(&self, req: Request<Incoming>, conn: Arc<ConnInfo>) -> Response<Body> {
         let started = Instant::now();
@@ -128,6 +140,9 @@ impl Handler for Gateway {
             }
         };
         crate::edge::set_request_id(resp.headers_mut(), &facts.request_id);
+        if method == http::Method::HEAD {
+            drop_head_body(&mut resp);
+        }
         let api = facts.api.and_then(|i| sandbox.apis.get(i));
         RequestCompleted {
             request_id: &facts.request_id,

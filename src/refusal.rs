@@ -736,7 +736,15 @@ impl Refusal {
             }
             _ => {}
         }
-        if matches!(self, Refusal::RequestTimeout { .. }) {
+        // The request body may be left partly unread, and hyper then closes
+        // an HTTP/1.1 connection after the answer: say so, or the client
+        // reuses it and its next request fails.
+        if matches!(
+            self,
+            Refusal::RequestTimeout { .. }
+                | Refusal::PayloadTooLarge { .. }
+                | Refusal::UnreadableBody
+        ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp

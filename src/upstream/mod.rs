@@ -9,7 +9,7 @@
 
 mod headers;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
@@ -183,9 +183,16 @@ impl Upstream {
 
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
         // Errors of the client's body are marked, so a client that breaks
-        // off its upload is not reported as a failing backend.
+        // off its upload is not reported as a failing backend. They are also
+        // noted aside: to an HTTP/2 backend the client only resets the
+        // stream, and the exchange fails with that reset, not the body error.
+        let noted = Arc::new(OnceLock::new());
+        let note = noted.clone();
         let body: Body = Limited::new(body, limit)
-            .map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) })
+            .map_err(move |e| -> BoxError {
+                let _ = note.set(ClientBody::of(&e));
+                Box::new(ClientBodyError(e))
+            })
             .boxed();
         let req = Request::from_parts(parts, body);
 
@@ -199,7 +206,7 @@ impl Upstream {
                 });
             }
             Ok(Err(e)) => {
-                match client_body_error(&e) {
+                match client_body_error(&e).or_else(|| noted.get().copied()) {
                     Some(ClientBody::TooLarge) => {
                         return Err(Refusal::PayloadTooLarge {
                             declared: None,
@@ -248,9 +255,21 @@ impl std::error::Error for ClientBodyError {
     }
 }
 
+#[derive(Clone, Copy)]
 enum ClientBody {
     TooLarge,
     Broken,
+}
+
+impl ClientBody {
+    /// How the client's body failed, from its error.
+    fn of(e: &BoxError) -> ClientBody {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ClientBody::TooLarge
+        } else {
+            ClientBody::Broken
+        }
+    }
 }
 
 /// Whether a failed exchange was the client's body's fault, and how.
@@ -258,11 +277,7 @@ fn client_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ClientBody
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         if let Some(ClientBodyError(inner)) = err.downcast_ref::<ClientBodyError>() {
-            return Some(if inner.is::<http_body_util::LengthLimitError>() {
-                ClientBody::TooLarge
-            } else {
-                ClientBody::Broken
-            });
+            return Some(ClientBody::of(inner));
         }
         cur = err.source();
     }
