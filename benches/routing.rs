@@ -76,5 +76,66 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(routing, benches);
+criterion_group!(routing, benches, identify_benches);
 criterion_main!(routing);
+
+/// The identify stage for a sandbox API key, resolved from the cache (every
+/// request of a key but the first within the cache's TTL).
+fn identify_benches(c: &mut Criterion) {
+    use std::sync::Arc;
+
+    use sandgate::pipeline::identify::identify;
+    use sandgate::store::MemoryStore;
+    use sandgate::tenants::{self, Registry, Tenant};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let files: &'static [(&'static str, &'static str)] = &[
+        (
+            "sandgate.yaml",
+            "auth: {}\napis:\n  - name: payments\n    prefix: /payments\n    contract: p.yaml\n    mode: facade\n",
+        ),
+        ("p.yaml", include_str!("../contracts/payments.yaml")),
+    ];
+    let sb = Sandbox::load(&Source::Embedded(files), &Overrides::default()).expect("sandbox loads");
+    let registry = Registry::new(Arc::new(MemoryStore::new()));
+    let (creds, secret, key_hash) = tenants::new_credentials("sk_sandbox_").expect("credentials");
+    let now = tenants::now_secs();
+    let t = Tenant {
+        id: tenants::new_id(),
+        prospect_company: "Acme".into(),
+        prospect_email: "dev@acme.test".into(),
+        deal_id: None,
+        industry: None,
+        persona: None,
+        plan: "trial".into(),
+        features_enabled: None,
+        sample_data_persona: None,
+        mtls_identities: vec![],
+        client_id: creds.client_id.clone(),
+        client_secret_sha256: secret,
+        api_key_sha256: key_hash,
+        created_at: now,
+        expires_at: now + 86_400,
+        deactivated_at: None,
+    };
+    rt.block_on(registry.put(&t)).expect("tenant stored");
+    let api = &sb.apis[0];
+    let req = Request::get("/payments/v1/customers/cus_1")
+        .header("authorization", format!("Bearer {}", creds.api_key))
+        .body(())
+        .expect("request");
+    c.bench_function("identify/api key, cached", |b| {
+        b.iter(|| {
+            rt.block_on(identify(
+                black_box(api),
+                sb.api_keys.as_ref(),
+                req.headers(),
+                &registry,
+            ))
+            .map(|p| p.is_some())
+        })
+    });
+}
