@@ -22,6 +22,7 @@ pub mod demo;
 pub mod edge;
 pub mod facade;
 pub mod gateway;
+pub mod jwt;
 pub mod pipeline;
 pub mod refusal;
 pub mod run;

@@ -181,6 +181,54 @@ pub enum Refusal {
     },
     /// A sandbox API key that belongs to no active sandbox.
     UnknownApiKey,
+    /// A token from a production issuer.
+    ProductionToken {
+        /// The production issuer.
+        issuer: String,
+        /// The sandbox issuers to get a token from instead.
+        sandbox: Vec<String>,
+    },
+    /// A token from an issuer that is not configured.
+    WrongIssuer {
+        /// The accepted issuers.
+        accepted: Vec<String>,
+    },
+    /// A token for another audience.
+    WrongAudience {
+        /// The accepted audiences.
+        accepted: Vec<String>,
+    },
+    /// A token signed with an algorithm the issuer is not allowed to use.
+    AlgorithmNotAllowed {
+        /// The token's algorithm.
+        alg: String,
+        /// The allowed ones.
+        allowed: Vec<String>,
+    },
+    /// A token signed by a key the issuer's key set does not have.
+    UnknownKey {
+        /// The issuer.
+        issuer: String,
+    },
+    /// A token whose signature does not verify.
+    BadSignature,
+    /// A token past its `exp`.
+    TokenExpired {
+        /// When it expired (RFC 3339).
+        at: String,
+    },
+    /// A token before its `nbf`.
+    TokenNotYetValid {
+        /// When it becomes valid (RFC 3339).
+        at: String,
+    },
+    /// A token that cannot be understood.
+    MalformedToken {
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A valid token naming no sandbox of this gateway.
+    UnknownTenant,
     /// A credential that is not a sandbox API key.
     MalformedCredentials {
         /// The sandbox key prefix.
@@ -270,6 +318,16 @@ impl Refusal {
             Refusal::MissingCredentials { .. } => "missing_credentials",
             Refusal::ProductionCredentials { .. } => "production_credentials",
             Refusal::UnknownApiKey => "unknown_api_key",
+            Refusal::ProductionToken { .. } => "production_credentials",
+            Refusal::WrongIssuer { .. } => "wrong_issuer",
+            Refusal::WrongAudience { .. } => "wrong_audience",
+            Refusal::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
+            Refusal::UnknownKey { .. } => "unknown_key",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::TokenExpired { .. } => "token_expired",
+            Refusal::TokenNotYetValid { .. } => "token_not_yet_valid",
+            Refusal::MalformedToken { .. } => "malformed_token",
+            Refusal::UnknownTenant => "unknown_tenant",
             Refusal::MalformedCredentials { .. } => "malformed_credentials",
             Refusal::SandboxExpired { .. } => "sandbox_expired",
             Refusal::FeatureNotEnabled { .. } => "feature_not_enabled",
@@ -306,7 +364,17 @@ impl Refusal {
             | Refusal::MissingCredentials { .. }
             | Refusal::ProductionCredentials { .. }
             | Refusal::UnknownApiKey
-            | Refusal::MalformedCredentials { .. } => StatusCode::UNAUTHORIZED,
+            | Refusal::MalformedCredentials { .. }
+            | Refusal::ProductionToken { .. }
+            | Refusal::WrongIssuer { .. }
+            | Refusal::AlgorithmNotAllowed { .. }
+            | Refusal::UnknownKey { .. }
+            | Refusal::BadSignature
+            | Refusal::TokenExpired { .. }
+            | Refusal::TokenNotYetValid { .. }
+            | Refusal::MalformedToken { .. }
+            | Refusal::UnknownTenant => StatusCode::UNAUTHORIZED,
+            Refusal::WrongAudience { .. } => StatusCode::FORBIDDEN,
             Refusal::SandboxExpired { .. } | Refusal::FeatureNotEnabled { .. } => {
                 StatusCode::FORBIDDEN
             }
@@ -347,7 +415,17 @@ impl Refusal {
             Refusal::MissingCredentials { .. }
             | Refusal::ProductionCredentials { .. }
             | Refusal::UnknownApiKey
-            | Refusal::MalformedCredentials { .. } => Stage::Identify,
+            | Refusal::MalformedCredentials { .. }
+            | Refusal::WrongAudience { .. }
+            | Refusal::ProductionToken { .. }
+            | Refusal::WrongIssuer { .. }
+            | Refusal::AlgorithmNotAllowed { .. }
+            | Refusal::UnknownKey { .. }
+            | Refusal::BadSignature
+            | Refusal::TokenExpired { .. }
+            | Refusal::TokenNotYetValid { .. }
+            | Refusal::MalformedToken { .. }
+            | Refusal::UnknownTenant => Stage::Identify,
             Refusal::SandboxExpired { .. } | Refusal::FeatureNotEnabled { .. } => Stage::Admit,
             Refusal::AdminNotFound { .. }
             | Refusal::AdminTokenUnset { .. }
@@ -385,6 +463,16 @@ impl Refusal {
             Refusal::MissingCredentials { .. } => "Sandbox credentials required",
             Refusal::ProductionCredentials { .. } => "Production credentials refused",
             Refusal::UnknownApiKey => "Unknown sandbox API key",
+            Refusal::ProductionToken { .. } => "Production credentials refused",
+            Refusal::WrongIssuer { .. } => "Token from an unknown issuer",
+            Refusal::WrongAudience { .. } => "Token for another audience",
+            Refusal::AlgorithmNotAllowed { .. } => "Token algorithm not allowed",
+            Refusal::UnknownKey { .. } => "Token signed by an unknown key",
+            Refusal::BadSignature => "Token signature invalid",
+            Refusal::TokenExpired { .. } => "Token expired",
+            Refusal::TokenNotYetValid { .. } => "Token not yet valid",
+            Refusal::MalformedToken { .. } => "Token not understood",
+            Refusal::UnknownTenant => "Token names no sandbox",
             Refusal::MalformedCredentials { .. } => "Credentials not understood",
             Refusal::SandboxExpired { .. } => "Sandbox expired",
             Refusal::FeatureNotEnabled { .. } => "API not enabled for this sandbox",
@@ -422,6 +510,16 @@ impl Refusal {
             }
             Refusal::MissingCredentials { api } => Some(format!("apis.{api}.auth")),
             Refusal::ProductionCredentials { .. } => Some("auth.api_keys.live_prefixes".into()),
+            Refusal::ProductionToken { .. } => Some("auth.production_issuers".into()),
+            Refusal::WrongIssuer { .. }
+            | Refusal::WrongAudience { .. }
+            | Refusal::AlgorithmNotAllowed { .. }
+            | Refusal::UnknownKey { .. }
+            | Refusal::BadSignature
+            | Refusal::TokenExpired { .. }
+            | Refusal::TokenNotYetValid { .. }
+            | Refusal::MalformedToken { .. }
+            | Refusal::UnknownTenant => Some("auth.issuers".into()),
             Refusal::UnknownApiKey | Refusal::MalformedCredentials { .. } => {
                 Some("auth.api_keys".into())
             }
@@ -520,6 +618,33 @@ impl Refusal {
             Refusal::MissingCredentials { api } => format!(
                 "API '{api}' needs sandbox credentials: a sandbox API key in `Authorization: Bearer …` or `X-Api-Key`."
             ),
+            Refusal::ProductionToken { issuer, sandbox } => format!(
+                "The token was issued by the production issuer '{issuer}'. This is the sandbox: it accepts tokens from {} only.",
+                sandbox.join(", ")
+            ),
+            Refusal::WrongIssuer { accepted } => format!(
+                "The token's issuer is not accepted here; accepted issuers: {}.",
+                accepted.join(", ")
+            ),
+            Refusal::WrongAudience { accepted } => format!(
+                "The token is not meant for this gateway; accepted audiences: {}.",
+                accepted.join(", ")
+            ),
+            Refusal::AlgorithmNotAllowed { alg, allowed } => format!(
+                "The token is signed with {alg}; this issuer may only use {}.",
+                allowed.join(", ")
+            ),
+            Refusal::UnknownKey { issuer } => {
+                format!("The token's signing key is not in the key set of '{issuer}'.")
+            }
+            Refusal::BadSignature => "The token's signature does not verify.".into(),
+            Refusal::TokenExpired { at } => format!("The token expired at {at}."),
+            Refusal::TokenNotYetValid { at } => format!("The token is not valid before {at}."),
+            Refusal::MalformedToken { why } => format!("The token is not accepted: {why}."),
+            Refusal::UnknownTenant => {
+                "The token is valid but names no sandbox of this gateway (check its tenant claim)."
+                    .into()
+            }
             Refusal::ProductionCredentials { sandbox_prefix } => format!(
                 "The request carries a production API key. This is the sandbox: it accepts only sandbox keys (they start with `{sandbox_prefix}`)."
             ),
@@ -617,6 +742,21 @@ impl Refusal {
             }
             Refusal::MissingCredentials { .. } | Refusal::UnknownApiKey | Refusal::MalformedCredentials { .. } => {
                 "Use the sandbox credentials you were given at provisioning; ask your sandbox contact for new ones if they are lost.".into()
+            }
+            Refusal::ProductionToken { .. } => {
+                "Never send production tokens to the sandbox; get a token from a sandbox issuer.".into()
+            }
+            Refusal::WrongIssuer { .. }
+            | Refusal::WrongAudience { .. }
+            | Refusal::AlgorithmNotAllowed { .. }
+            | Refusal::UnknownKey { .. }
+            | Refusal::BadSignature
+            | Refusal::MalformedToken { .. }
+            | Refusal::UnknownTenant => {
+                "Get a new token from your sandbox issuer, for this gateway's audience.".into()
+            }
+            Refusal::TokenExpired { .. } | Refusal::TokenNotYetValid { .. } => {
+                "Get a fresh token (and check the client's clock).".into()
             }
             Refusal::ProductionCredentials { .. } => {
                 "Never send production credentials to the sandbox; use the sandbox API key from your sandbox provisioning email.".into()
@@ -727,7 +867,16 @@ impl Refusal {
             }
             Refusal::ProductionCredentials { .. }
             | Refusal::UnknownApiKey
-            | Refusal::MalformedCredentials { .. } => {
+            | Refusal::MalformedCredentials { .. }
+            | Refusal::ProductionToken { .. }
+            | Refusal::WrongIssuer { .. }
+            | Refusal::AlgorithmNotAllowed { .. }
+            | Refusal::UnknownKey { .. }
+            | Refusal::BadSignature
+            | Refusal::TokenExpired { .. }
+            | Refusal::TokenNotYetValid { .. }
+            | Refusal::MalformedToken { .. }
+            | Refusal::UnknownTenant => {
                 // RFC 6750 §3.
                 headers.insert(
                     header::WWW_AUTHENTICATE,

@@ -82,6 +82,10 @@ pub struct Sandbox {
     pub tenants: TenantsConfig,
     /// Sandbox API-key rules, when `auth` is configured.
     pub api_keys: Option<ApiKeysConfig>,
+    /// Sandbox JWT issuers.
+    pub issuers: Vec<crate::jwt::Issuer>,
+    /// Production token issuers (refused with an explanation).
+    pub production_issuers: Vec<String>,
     /// The store's configuration (opened once at start; see `run`).
     pub store: StoreConfig,
     /// SHA-256 of the admin service token, read from `admin.token_env`.
@@ -128,6 +132,13 @@ impl Sandbox {
             listeners.push(Listener { addr, tls });
         }
 
+        let mut issuers = Vec::new();
+        for iss in config.auth.iter().flat_map(|a| &a.issuers) {
+            match crate::jwt::Issuer::build(iss, source, &file) {
+                Ok(i) => issuers.push(i),
+                Err(e) => errors.push(e),
+            }
+        }
         let workers = config.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             |n| n.get(),
@@ -212,6 +223,12 @@ impl Sandbox {
                 .map(|t| crate::tenants::sha256_hex(&t)),
             admin_token_env: config.admin.token_env.clone(),
             tenants: config.tenants,
+            production_issuers: config
+                .auth
+                .as_ref()
+                .map(|a| a.production_issuers.clone())
+                .unwrap_or_default(),
+            issuers,
             api_keys: config.auth.map(|a| a.api_keys),
             store: config.store,
         })

@@ -144,6 +144,70 @@ pub struct AuthConfig {
     /// Sandbox API keys (`Authorization: Bearer <key>` or `X-Api-Key`).
     #[serde(default)]
     pub api_keys: ApiKeysConfig,
+    /// Sandbox token issuers whose JWTs are accepted.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// Issuers of production tokens: such a token is refused with
+    /// `production_credentials`, naming the sandbox issuers instead.
+    #[serde(default)]
+    pub production_issuers: Vec<String>,
+}
+
+/// One sandbox JWT issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` of its tokens.
+    pub issuer: Spanned<String>,
+    /// Accepted `aud` values; a token must name one of them.
+    pub audiences: Vec<String>,
+    /// Where its signing keys are.
+    pub jwks: JwksConfig,
+    /// Accepted signing algorithms (`RS256`, `ES256`, `EdDSA`, …). `none`
+    /// and HMAC algorithms are never accepted. Default: `[RS256, ES256]`.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Spanned<String>>,
+    /// The claim naming the tenant (the sandbox id). Default: `tenant`.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// The claim holding the scopes (a space-separated string or a list).
+    /// Default: `scope`.
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`, at most 60s. Default: `30s`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Duration,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// A JWKS (JSON Web Key Set) file, relative to the sandbox directory.
+    /// (Fetching the set from a URL comes next.)
+    pub file: Spanned<PathBuf>,
+}
+
+fn default_algorithms() -> Vec<Spanned<String>> {
+    ["RS256", "ES256"]
+        .into_iter()
+        .map(|a| {
+            Spanned::new(
+                a.to_owned(),
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            )
+        })
+        .collect()
+}
+fn default_tenant_claim() -> String {
+    "tenant".into()
+}
+fn default_scopes_claim() -> String {
+    "scope".into()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Sandbox API keys.
@@ -581,6 +645,54 @@ impl Config {
             );
         }
         if let Some(a) = &self.auth {
+            for iss in &a.issuers {
+                if a.production_issuers.contains(&iss.issuer.value) {
+                    err(
+                        iss.issuer.referenced.line(),
+                        format!(
+                            "issuer `{}` is also listed in `production_issuers`",
+                            iss.issuer.value
+                        ),
+                    );
+                }
+                if iss.audiences.is_empty() {
+                    err(
+                        iss.issuer.referenced.line(),
+                        format!("issuer `{}` needs at least one audience", iss.issuer.value),
+                    );
+                }
+                if iss.leeway > Duration::from_secs(60) {
+                    err(
+                        iss.issuer.referenced.line(),
+                        format!(
+                            "issuer `{}`: leeway {} is over the 60s maximum",
+                            iss.issuer.value, iss.leeway
+                        ),
+                    );
+                }
+                for alg in &iss.algorithms {
+                    if !matches!(
+                        alg.value.as_str(),
+                        "RS256"
+                            | "RS384"
+                            | "RS512"
+                            | "PS256"
+                            | "PS384"
+                            | "PS512"
+                            | "ES256"
+                            | "ES384"
+                            | "EdDSA"
+                    ) {
+                        err(
+                            alg.referenced.line(),
+                            format!(
+                                "algorithm `{}` is not accepted; use RS256/384/512, PS256/384/512, ES256/384 or EdDSA (never `none` or HMAC)",
+                                alg.value
+                            ),
+                        );
+                    }
+                }
+            }
             let k = &a.api_keys;
             if k.prefix.len() < 4
                 || k.live_prefixes.iter().any(|l| {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 
 use http::{HeaderMap, header};
 
-use crate::config::ApiKeysConfig;
+use crate::jwt;
 use crate::refusal::{Refusal, Stage};
-use crate::sandbox::Api;
+use crate::sandbox::{Api, Sandbox};
 use crate::tenants::{Registry, Tenant, sha256_hex};
 
 /// How the caller proved who it is.
@@ -21,6 +21,8 @@ use crate::tenants::{Registry, Tenant, sha256_hex};
 pub enum Via {
     /// A sandbox API key.
     ApiKey,
+    /// A JWT from a sandbox issuer.
+    Jwt,
 }
 
 impl Via {
@@ -28,6 +30,7 @@ impl Via {
     pub const fn as_str(self) -> &'static str {
         match self {
             Via::ApiKey => "api_key",
+            Via::Jwt => "jwt",
         }
     }
 }
@@ -68,11 +71,11 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
 /// Identifies the caller of `api`. `Ok(None)`: the API is public.
 pub async fn identify(
     api: &Api,
-    keys: Option<&ApiKeysConfig>,
+    sandbox: &Sandbox,
     headers: &HeaderMap,
     registry: &Registry,
 ) -> Result<Option<Principal>, Refusal> {
-    let Some(keys) = keys.filter(|_| api.auth_required) else {
+    let Some(keys) = sandbox.api_keys.as_ref().filter(|_| api.auth_required) else {
         return Ok(None);
     };
     let Some(cred) = credential(headers) else {
@@ -80,6 +83,9 @@ pub async fn identify(
             api: api.name.to_string(),
         });
     };
+    if jwt::looks_like_jwt(cred) && !sandbox.issuers.is_empty() {
+        return identify_jwt(cred, sandbox, registry).await.map(Some);
+    }
     if keys
         .live_prefixes
         .iter()
@@ -111,4 +117,47 @@ pub async fn identify(
         scopes: Vec::new(),
         via: Via::ApiKey,
     }))
+}
+
+/// A JWT from a sandbox issuer → its tenant.
+async fn identify_jwt(
+    token: &str,
+    sandbox: &Sandbox,
+    registry: &Registry,
+) -> Result<Principal, Refusal> {
+    let (issuer, claims) = jwt::verify(token, &sandbox.issuers, &sandbox.production_issuers)?;
+    let tenant_id = claims
+        .get(&issuer.tenant_claim)
+        .and_then(|v| v.as_str())
+        .ok_or(Refusal::UnknownTenant)?;
+    let tenant = registry
+        .get(tenant_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "store failed while identifying a caller");
+            Refusal::StoreUnavailable {
+                stage: Stage::Identify,
+            }
+        })?
+        .filter(|t| t.deactivated_at.is_none())
+        .ok_or(Refusal::UnknownTenant)?;
+    let scopes = match claims.get(&issuer.scopes_claim) {
+        Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let client = ["client_id", "azp", "sub"]
+        .iter()
+        .find_map(|c| claims.get(*c).and_then(|v| v.as_str()))
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Principal {
+        tenant: Arc::new(tenant),
+        client,
+        scopes,
+        via: Via::Jwt,
+    })
 }

@@ -63,13 +63,7 @@ pub async fn run(
     facts.operation = routed.operation;
     // identify: who is calling, from sandbox credentials only (the API
     // decides whether credentials are needed, so this follows route).
-    let principal = identify::identify(
-        routed.api,
-        sandbox.api_keys.as_ref(),
-        req.headers(),
-        registry,
-    )
-    .await?;
+    let principal = identify::identify(routed.api, sandbox, req.headers(), registry).await?;
     // admit: the tenant's sandbox is active and includes this API.
     if let Some(p) = &principal {
         admit::admit(routed.api, p, crate::tenants::now_secs())?;

@@ -86,6 +86,34 @@ async fn every_refusal_has_the_problem_shape() {
             sandbox_prefix: "sk_sandbox_".into(),
         },
         Refusal::UnknownApiKey,
+        Refusal::ProductionToken {
+            issuer: "https://auth.example.com".into(),
+            sandbox: vec!["https://auth.sandbox.example.com".into()],
+        },
+        Refusal::WrongIssuer {
+            accepted: vec!["https://auth.sandbox.example.com".into()],
+        },
+        Refusal::WrongAudience {
+            accepted: vec!["https://api.sandbox.example.com".into()],
+        },
+        Refusal::AlgorithmNotAllowed {
+            alg: "HS256".into(),
+            allowed: vec!["ES256".into()],
+        },
+        Refusal::UnknownKey {
+            issuer: "https://auth.sandbox.example.com".into(),
+        },
+        Refusal::BadSignature,
+        Refusal::TokenExpired {
+            at: "2026-01-01T00:00:00Z".into(),
+        },
+        Refusal::TokenNotYetValid {
+            at: "2027-01-01T00:00:00Z".into(),
+        },
+        Refusal::MalformedToken {
+            why: "it has no `iss` claim",
+        },
+        Refusal::UnknownTenant,
         Refusal::MalformedCredentials {
             sandbox_prefix: "sk_sandbox_".into(),
         },
@@ -116,7 +144,11 @@ async fn every_refusal_has_the_problem_shape() {
     let mut codes = std::collections::HashSet::new();
     for r in all {
         let code = r.code();
-        assert!(codes.insert(code), "duplicate code {code}");
+        // production_credentials is one code for keys and tokens alike.
+        assert!(
+            codes.insert(code) || code == "production_credentials",
+            "duplicate code {code}"
+        );
         let (status, headers, body) = render(r).await;
         assert_eq!(
             headers[header::CONTENT_TYPE],
