@@ -54,6 +54,11 @@ fn benches(c: &mut Criterion) {
         b.iter(|| route(black_box(&demo), black_box(&miss)).map(|r| r.operation))
     });
 
+    let no_api = get("/nowhere/v1/things");
+    c.bench_function("route/demo/unknown api (refusal)", |b| {
+        b.iter(|| route(black_box(&demo), black_box(&no_api)).map(|r| r.operation))
+    });
+
     let big = big_sandbox(500);
     let deep = get("/big/v1/resource499/abc");
     c.bench_function("route/500 paths/last path", |b| {
@@ -63,6 +68,44 @@ fn benches(c: &mut Criterion) {
     c.bench_function("edge/check_head", |b| {
         b.iter(|| sandgate::edge::check_head(black_box(&demo.limits), black_box(&hit)))
     });
+    c.bench_function("edge/request_id (fresh ULID)", |b| {
+        b.iter(|| sandgate::edge::request_id(black_box(hit.headers())))
+    });
+
+    // The facade's answer for the routed demo hit: the prepared example,
+    // its content type and the `sandgate-source` header.
+    let routed = route(&demo, &hit).expect("demo hit routes");
+    let op = routed
+        .api
+        .contract
+        .as_ref()
+        .zip(routed.operation)
+        .map(|(c, i)| &c.operations[i])
+        .expect("demo hit has an operation");
+    c.bench_function("facade/answer (documented example)", |b| {
+        b.iter(|| sandgate::facade::answer(black_box(&routed.api.name), black_box(op)))
+    });
+
+    // Every CPU-only step of a facade hit that the gateway adds on top of
+    // hyper: request id, head checks, routing, the answer and its id header.
+    c.bench_function("facade hit, CPU-only steps together", |b| {
+        b.iter(|| {
+            let id = sandgate::edge::request_id(black_box(hit.headers()));
+            sandgate::edge::check_head(&demo.limits, black_box(&hit)).expect("head ok");
+            let r = route(black_box(&demo), black_box(&hit)).expect("routes");
+            let op = r
+                .api
+                .contract
+                .as_ref()
+                .zip(r.operation)
+                .map(|(c, i)| &c.operations[i])
+                .expect("operation");
+            let mut resp = sandgate::facade::answer(&r.api.name, op).expect("answer");
+            sandgate::edge::set_request_id(resp.headers_mut(), &id);
+            resp
+        })
+    });
+
     c.bench_function("refusal/render unknown_operation", |b| {
         b.iter(|| {
             Refusal::UnknownOperation {
