@@ -172,8 +172,14 @@ fn identify_benches(c: &mut Criterion) {
         .expect("request");
     c.bench_function("identify/api key, cached", |b| {
         b.iter(|| {
-            rt.block_on(identify(black_box(api), &sb, req.headers(), &registry))
-                .map(|p| p.is_some())
+            rt.block_on(identify(
+                black_box(api),
+                &sb,
+                req.headers(),
+                None,
+                &registry,
+            ))
+            .map(|p| p.is_some())
         })
     });
 }

@@ -23,6 +23,7 @@ pub mod edge;
 pub mod facade;
 pub mod gateway;
 pub mod jwt;
+pub mod mtls;
 pub mod pipeline;
 pub mod refusal;
 pub mod run;

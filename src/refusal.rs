@@ -229,6 +229,19 @@ pub enum Refusal {
     },
     /// A valid token naming no sandbox of this gateway.
     UnknownTenant,
+    /// A verified client certificate whose identity maps to no sandbox.
+    UnknownClientCertificate {
+        /// The identity field used (`san_uri`, …).
+        field: &'static str,
+    },
+    /// A verified client certificate with zero or several identities of the
+    /// configured kind.
+    ClientIdentityUnclear {
+        /// The identity field used.
+        field: &'static str,
+        /// How many were found.
+        found: usize,
+    },
     /// A credential that is not a sandbox API key.
     MalformedCredentials {
         /// The sandbox key prefix.
@@ -328,6 +341,8 @@ impl Refusal {
             Refusal::TokenNotYetValid { .. } => "token_not_yet_valid",
             Refusal::MalformedToken { .. } => "malformed_token",
             Refusal::UnknownTenant => "unknown_tenant",
+            Refusal::UnknownClientCertificate { .. } => "unknown_client_certificate",
+            Refusal::ClientIdentityUnclear { .. } => "client_identity_unclear",
             Refusal::MalformedCredentials { .. } => "malformed_credentials",
             Refusal::SandboxExpired { .. } => "sandbox_expired",
             Refusal::FeatureNotEnabled { .. } => "feature_not_enabled",
@@ -374,7 +389,9 @@ impl Refusal {
             | Refusal::TokenNotYetValid { .. }
             | Refusal::MalformedToken { .. }
             | Refusal::UnknownTenant => StatusCode::UNAUTHORIZED,
-            Refusal::WrongAudience { .. } => StatusCode::FORBIDDEN,
+            Refusal::WrongAudience { .. }
+            | Refusal::UnknownClientCertificate { .. }
+            | Refusal::ClientIdentityUnclear { .. } => StatusCode::FORBIDDEN,
             Refusal::SandboxExpired { .. } | Refusal::FeatureNotEnabled { .. } => {
                 StatusCode::FORBIDDEN
             }
@@ -417,6 +434,8 @@ impl Refusal {
             | Refusal::UnknownApiKey
             | Refusal::MalformedCredentials { .. }
             | Refusal::WrongAudience { .. }
+            | Refusal::UnknownClientCertificate { .. }
+            | Refusal::ClientIdentityUnclear { .. }
             | Refusal::ProductionToken { .. }
             | Refusal::WrongIssuer { .. }
             | Refusal::AlgorithmNotAllowed { .. }
@@ -473,6 +492,8 @@ impl Refusal {
             Refusal::TokenNotYetValid { .. } => "Token not yet valid",
             Refusal::MalformedToken { .. } => "Token not understood",
             Refusal::UnknownTenant => "Token names no sandbox",
+            Refusal::UnknownClientCertificate { .. } => "Client certificate maps to no sandbox",
+            Refusal::ClientIdentityUnclear { .. } => "Client certificate identity unclear",
             Refusal::MalformedCredentials { .. } => "Credentials not understood",
             Refusal::SandboxExpired { .. } => "Sandbox expired",
             Refusal::FeatureNotEnabled { .. } => "API not enabled for this sandbox",
@@ -520,6 +541,9 @@ impl Refusal {
             | Refusal::TokenNotYetValid { .. }
             | Refusal::MalformedToken { .. }
             | Refusal::UnknownTenant => Some("auth.issuers".into()),
+            Refusal::UnknownClientCertificate { .. } | Refusal::ClientIdentityUnclear { .. } => {
+                Some("auth.mtls.identity".into())
+            }
             Refusal::UnknownApiKey | Refusal::MalformedCredentials { .. } => {
                 Some("auth.api_keys".into())
             }
@@ -645,6 +669,12 @@ impl Refusal {
                 "The token is valid but names no sandbox of this gateway (check its tenant claim)."
                     .into()
             }
+            Refusal::UnknownClientCertificate { field } => format!(
+                "The client certificate is valid, but its {field} identity belongs to no active sandbox."
+            ),
+            Refusal::ClientIdentityUnclear { field, found } => format!(
+                "The client certificate must carry exactly one {field} identity; it carries {found}."
+            ),
             Refusal::ProductionCredentials { sandbox_prefix } => format!(
                 "The request carries a production API key. This is the sandbox: it accepts only sandbox keys (they start with `{sandbox_prefix}`)."
             ),
@@ -754,6 +784,12 @@ impl Refusal {
             | Refusal::MalformedToken { .. }
             | Refusal::UnknownTenant => {
                 "Get a new token from your sandbox issuer, for this gateway's audience.".into()
+            }
+            Refusal::UnknownClientCertificate { .. } => {
+                "Ask your sandbox contact to register this certificate's identity for your sandbox.".into()
+            }
+            Refusal::ClientIdentityUnclear { .. } => {
+                "Use a client certificate with exactly one identity of the kind this sandbox maps.".into()
             }
             Refusal::TokenExpired { .. } | Refusal::TokenNotYetValid { .. } => {
                 "Get a fresh token (and check the client's clock).".into()

@@ -86,6 +86,8 @@ pub struct Sandbox {
     pub issuers: Vec<crate::jwt::Issuer>,
     /// Production token issuers (refused with an explanation).
     pub production_issuers: Vec<String>,
+    /// Which certificate field names an mTLS client, when configured.
+    pub mtls_identity: Option<crate::config::MtlsIdentity>,
     /// The store's configuration (opened once at start; see `run`).
     pub store: StoreConfig,
     /// SHA-256 of the admin service token, read from `admin.token_env`.
@@ -223,6 +225,11 @@ impl Sandbox {
                 .map(|t| crate::tenants::sha256_hex(&t)),
             admin_token_env: config.admin.token_env.clone(),
             tenants: config.tenants,
+            mtls_identity: config
+                .auth
+                .as_ref()
+                .and_then(|a| a.mtls.as_ref())
+                .map(|m| m.identity),
             production_issuers: config
                 .auth
                 .as_ref()

@@ -116,6 +116,9 @@ fn tenant_key(id: &str) -> String {
 fn api_key_index(hash: &str) -> String {
     format!("g/apikeys/{hash}")
 }
+fn mtls_index(identity: &str) -> String {
+    format!("g/mtls/{identity}")
+}
 fn archive_key(id: &str) -> String {
     format!("g/archive/{id}")
 }
@@ -174,7 +177,6 @@ impl Registry {
 
     /// Saves a tenant (new or changed) and its API-key index entry.
     pub async fn put(&self, t: &Tenant) -> Result<(), StoreError> {
-        self.by_key.invalidate(&t.api_key_sha256);
         let json = serde_json::to_vec(t).map_err(corrupt)?;
         self.store.put(&tenant_key(&t.id), json, None).await?;
         self.store
@@ -183,7 +185,17 @@ impl Registry {
                 t.id.clone().into_bytes(),
                 None,
             )
-            .await
+            .await?;
+        if t.deactivated_at.is_none() {
+            for identity in &t.mtls_identities {
+                self.store
+                    .put(&mtls_index(identity), t.id.clone().into_bytes(), None)
+                    .await?;
+            }
+        }
+        // After the writes, so a concurrent lookup cannot re-cache the old record.
+        self.by_key.invalidate(&t.api_key_sha256);
+        Ok(())
     }
 
     /// The tenant `id`.
@@ -211,6 +223,17 @@ impl Registry {
         let t = std::sync::Arc::new(t);
         self.by_key.insert(hash.to_owned(), t.clone());
         Ok(Some(t))
+    }
+
+    /// The active tenant an mTLS identity is registered to.
+    pub async fn by_mtls_identity(&self, identity: &str) -> Result<Option<Tenant>, StoreError> {
+        match self.store.get(&mtls_index(identity)).await? {
+            Some(id) => Ok(self
+                .get(&String::from_utf8_lossy(&id))
+                .await?
+                .filter(|t| t.deactivated_at.is_none())),
+            None => Ok(None),
+        }
     }
 
     /// Every tenant, oldest first.
@@ -250,6 +273,9 @@ impl Registry {
             )
             .await?;
         self.store.delete(&api_key_index(&t.api_key_sha256)).await?;
+        for identity in &t.mtls_identities {
+            self.store.delete(&mtls_index(identity)).await?;
+        }
         self.store.delete_prefix(&keys::tenant(&t.id)).await?;
         let json = serde_json::to_vec(&t).map_err(corrupt)?;
         self.store.put(&tenant_key(&t.id), json, None).await?;

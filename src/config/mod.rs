@@ -151,6 +151,46 @@ pub struct AuthConfig {
     /// `production_credentials`, naming the sandbox issuers instead.
     #[serde(default)]
     pub production_issuers: Vec<String>,
+    /// Client certificates as credentials (on TLS listeners with
+    /// `client_ca`): which part of the verified certificate names the client.
+    pub mtls: Option<MtlsConfig>,
+}
+
+/// How a verified client certificate maps to a tenant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsConfig {
+    /// `san_uri` (e.g. a SPIFFE id; exactly one URI SAN), `san_dns` (exactly
+    /// one DNS SAN), `subject_cn`, or `fingerprint` (SHA-256 of the
+    /// certificate, hex). The value is matched against the tenant's
+    /// `mtls_identities`.
+    pub identity: MtlsIdentity,
+}
+
+/// The certificate field that names a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MtlsIdentity {
+    /// The single URI subject alternative name.
+    SanUri,
+    /// The single DNS subject alternative name.
+    SanDns,
+    /// The subject's common name.
+    SubjectCn,
+    /// The SHA-256 fingerprint of the certificate (lower-case hex).
+    Fingerprint,
+}
+
+impl MtlsIdentity {
+    /// The name used in configuration and refusals.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MtlsIdentity::SanUri => "san_uri",
+            MtlsIdentity::SanDns => "san_dns",
+            MtlsIdentity::SubjectCn => "subject_cn",
+            MtlsIdentity::Fingerprint => "fingerprint",
+        }
+    }
 }
 
 /// One sandbox JWT issuer.

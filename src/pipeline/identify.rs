@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, header};
+use rustls::pki_types::CertificateDer;
 
 use crate::jwt;
 use crate::refusal::{Refusal, Stage};
@@ -23,6 +24,8 @@ pub enum Via {
     ApiKey,
     /// A JWT from a sandbox issuer.
     Jwt,
+    /// A verified client certificate.
+    Mtls,
 }
 
 impl Via {
@@ -31,6 +34,7 @@ impl Via {
         match self {
             Via::ApiKey => "api_key",
             Via::Jwt => "jwt",
+            Via::Mtls => "mtls",
         }
     }
 }
@@ -73,12 +77,17 @@ pub async fn identify(
     api: &Api,
     sandbox: &Sandbox,
     headers: &HeaderMap,
+    peer: Option<&[CertificateDer<'static>]>,
     registry: &Registry,
 ) -> Result<Option<Principal>, Refusal> {
     let Some(keys) = sandbox.api_keys.as_ref().filter(|_| api.auth_required) else {
         return Ok(None);
     };
     let Some(cred) = credential(headers) else {
+        // No credential header: a verified client certificate can stand in.
+        if let (Some(kind), Some(leaf)) = (sandbox.mtls_identity, peer.and_then(<[_]>::first)) {
+            return identify_mtls(leaf, kind, registry).await.map(Some);
+        }
         return Err(Refusal::MissingCredentials {
             api: api.name.to_string(),
         });
@@ -159,5 +168,32 @@ async fn identify_jwt(
         client,
         scopes,
         via: Via::Jwt,
+    })
+}
+
+/// A verified client certificate → its tenant.
+async fn identify_mtls(
+    leaf: &CertificateDer<'static>,
+    kind: crate::config::MtlsIdentity,
+    registry: &Registry,
+) -> Result<Principal, Refusal> {
+    let identity = crate::mtls::identity(leaf, kind)?;
+    let tenant = registry
+        .by_mtls_identity(&identity)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "store failed while identifying a caller");
+            Refusal::StoreUnavailable {
+                stage: Stage::Identify,
+            }
+        })?
+        .ok_or(Refusal::UnknownClientCertificate {
+            field: kind.as_str(),
+        })?;
+    Ok(Principal {
+        client: identity,
+        tenant: Arc::new(tenant),
+        scopes: Vec::new(),
+        via: Via::Mtls,
     })
 }

@@ -63,7 +63,14 @@ pub async fn run(
     facts.operation = routed.operation;
     // identify: who is calling, from sandbox credentials only (the API
     // decides whether credentials are needed, so this follows route).
-    let principal = identify::identify(routed.api, sandbox, req.headers(), registry).await?;
+    let principal = identify::identify(
+        routed.api,
+        sandbox,
+        req.headers(),
+        conn.peer_certificates.as_deref(),
+        registry,
+    )
+    .await?;
     // admit: the tenant's sandbox is active and includes this API.
     if let Some(p) = &principal {
         admit::admit(routed.api, p, crate::tenants::now_secs())?;

@@ -114,6 +114,11 @@ async fn every_refusal_has_the_problem_shape() {
             why: "it has no `iss` claim",
         },
         Refusal::UnknownTenant,
+        Refusal::UnknownClientCertificate { field: "san_uri" },
+        Refusal::ClientIdentityUnclear {
+            field: "san_uri",
+            found: 2,
+        },
         Refusal::MalformedCredentials {
             sandbox_prefix: "sk_sandbox_".into(),
         },
