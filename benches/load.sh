@@ -8,9 +8,14 @@
 #   upstream  sandgate `upstream` API -> a fast local upstream (nginx return 200)
 #   proxy     nginx `proxy_pass` (keepalive pool) -> the same upstream
 #
-# Usage: benches/load.sh            (DURATION=10s CONNECTIONS=50 THREADS=2 ROUNDS=3)
+# Usage: benches/load.sh   (env: DURATION=10s CONNECTIONS=50 THREADS=2 ROUNDS=3 WARMUP=2s)
 # Installs nginx and wrk with apt when missing. Everything listens on
-# 127.0.0.1; every process it starts is stopped on exit.
+# 127.0.0.1 on ports the kernel picked; every process it starts is stopped on
+# exit (by PID, never by name).
+#
+# The client is wrk (C, event loop, one thread per core) rather than oha:
+# client and servers share the machine's cores, and the lighter the client,
+# the less of the CPU it takes from the servers being compared.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +23,8 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2s}
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -88,41 +95,52 @@ U_GWUP="http://127.0.0.1:$P_GWUP/echo/v1/customers/cus_NffrFeUfNV2Hib"
 U_PROXY="http://127.0.0.1:$P_PROXY/v1/customers/cus_NffrFeUfNV2Hib"
 for u in "$U_FACADE" "$U_NGX" "$U_GWUP" "$U_PROXY"; do wait_up "$u"; done
 
-# One wrk run: prints "rps p50_ms p99_ms".
+# One wrk run: prints "rps p50_ms p99_ms errors" (errors: non-2xx/3xx
+# answers plus socket errors; any error makes the run's figures suspect).
 run() {
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /Requests\/sec/ { rps=$2 }
     $1=="50%" { p50=ms($2) }
     $1=="99%" { p99=ms($2) }
-    END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
+    /Non-2xx or 3xx responses/ { err+=$NF }
+    /Socket errors/ { gsub(/,/, ""); err+=$4+$6+$8+$10 }
+    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }'
 }
-for u in "$U_FACADE" "$U_NGX" "$U_GWUP" "$U_PROXY"; do wrk -t1 -c10 -d2s "$u" >/dev/null; done  # warm-up
+# Warm-up: connections, pools and caches on every path before measuring.
+for u in "$U_FACADE" "$U_NGX" "$U_GWUP" "$U_PROXY"; do wrk -t1 -c10 -d"$WARMUP" "$u" >/dev/null; done
 
-declare -A SUM_RPS SUM_P50 SUM_P99
-for name in facade return200 upstream proxy; do SUM_RPS[$name]=0; SUM_P50[$name]=0; SUM_P99[$name]=0; done
+declare -A SUM_RPS SUM_P50 SUM_P99 ERRORS
+for name in facade return200 upstream proxy; do SUM_RPS[$name]=0; SUM_P50[$name]=0; SUM_P99[$name]=0; ERRORS[$name]=0; done
 for r in $(seq "$ROUNDS"); do
   # Interleaved rounds, so drift of the machine affects every target alike.
   for pair in "facade $U_FACADE" "return200 $U_NGX" "upstream $U_GWUP" "proxy $U_PROXY"; do
     set -- $pair
-    read -r rps p50 p99 < <(run "$2")
-    echo "round $r $1: $rps req/s p50 ${p50}ms p99 ${p99}ms" >&2
+    read -r rps p50 p99 err < <(run "$2")
+    echo "round $r $1: $rps req/s p50 ${p50}ms p99 ${p99}ms errors $err" >&2
+    ERRORS[$1]=$((ERRORS[$1] + err))
     SUM_RPS[$1]=$(python3 -c "print(${SUM_RPS[$1]}+$rps)")
     SUM_P50[$1]=$(python3 -c "print(${SUM_P50[$1]}+$p50)")
     SUM_P99[$1]=$(python3 -c "print(${SUM_P99[$1]}+$p99)")
   done
 done
-avg() { python3 -c "print(round($1/$ROUNDS, 3))"; }
+avg() { python3 -c "print(f'{$1/$ROUNDS:.3f}')"; }
+avg_int() { python3 -c "print(f'{$1/$ROUNDS:,.0f}')"; }
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 MEM=$(free -g | awk '/Mem:/{print $2" GiB"}')
 echo
-echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); machine: $(nproc) cores ($CPU), $MEM; wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS interleaved rounds, mean; server and client share the cores."
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
+echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $COMMIT; machine: $(nproc) cores ($CPU), $MEM;"
+echo "load average at start: $LOAD_AT_START; client: wrk -t$THREADS -c$CONNECTIONS -d$DURATION (HTTP/1.1 keep-alive),"
+echo "$ROUNDS interleaved rounds after a $WARMUP warm-up, means shown; servers and client share the $(nproc) cores."
 echo
-echo "| target | req/s | p50 ms | p99 ms |"
-echo "|---|---:|---:|---:|"
+declare -A LABEL=([facade]="sandgate facade (demo example)" [return200]="nginx \`return 200\`" [upstream]="sandgate upstream → nginx" [proxy]="nginx \`proxy_pass\` → nginx")
+echo "| target | req/s | p50 ms | p99 ms | errors |"
+echo "|---|---:|---:|---:|---:|"
 for name in facade return200 upstream proxy; do
-  echo "| $name | $(avg ${SUM_RPS[$name]}) | $(avg ${SUM_P50[$name]}) | $(avg ${SUM_P99[$name]}) |"
+  echo "| ${LABEL[$name]} | $(avg_int ${SUM_RPS[$name]}) | $(avg ${SUM_P50[$name]}) | $(avg ${SUM_P99[$name]}) | ${ERRORS[$name]} |"
 done
 echo
 python3 - "${SUM_RPS[facade]}" "${SUM_RPS[return200]}" "${SUM_RPS[upstream]}" "${SUM_RPS[proxy]}" "${SUM_P99[upstream]}" "${SUM_P99[proxy]}" <<'PY'
