@@ -64,6 +64,12 @@ fn benches(c: &mut Criterion) {
     c.bench_function("route/500 paths/last path", |b| {
         b.iter(|| route(black_box(&big), black_box(&deep)).map(|r| r.operation))
     });
+    // A refused unknown path scores every documented template for the
+    // "nearest paths" hint, so its cost grows with the contract.
+    let deep_miss = get("/big/v1/resourze499/abc");
+    c.bench_function("route/500 paths/unknown operation (refusal)", |b| {
+        b.iter(|| route(black_box(&big), black_box(&deep_miss)).map(|r| r.operation))
+    });
 
     c.bench_function("edge/check_head", |b| {
         b.iter(|| sandgate::edge::check_head(black_box(&demo.limits), black_box(&hit)))
@@ -129,7 +135,7 @@ fn identify_benches(c: &mut Criterion) {
 
     use sandgate::pipeline::identify::identify;
     use sandgate::store::MemoryStore;
-    use sandgate::tenants::{self, Registry, Tenant};
+    use sandgate::tenants::{self, Registry};
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -144,26 +150,14 @@ fn identify_benches(c: &mut Criterion) {
     ];
     let sb = Sandbox::load(&Source::Embedded(files), &Overrides::default()).expect("sandbox loads");
     let registry = Registry::new(Arc::new(MemoryStore::new()));
-    let (creds, secret, key_hash) = tenants::new_credentials("sk_sandbox_").expect("credentials");
-    let now = tenants::now_secs();
-    let t = Tenant {
-        id: tenants::new_id(),
-        prospect_company: "Acme".into(),
-        prospect_email: "dev@acme.test".into(),
-        deal_id: None,
-        industry: None,
-        persona: None,
-        plan: "trial".into(),
-        features_enabled: None,
-        sample_data_persona: None,
-        mtls_identities: vec![],
-        client_id: creds.client_id.clone(),
-        client_secret_sha256: secret,
-        api_key_sha256: key_hash,
-        created_at: now,
-        expires_at: now + 86_400,
-        deactivated_at: None,
-    };
+    let (t, creds) = tenants::new_tenant(
+        "Acme",
+        "dev@acme.test",
+        tenants::now_secs(),
+        std::time::Duration::from_secs(86_400),
+        "sk_sandbox_",
+    )
+    .expect("tenant");
     rt.block_on(registry.put(&t)).expect("tenant stored");
     let api = &sb.apis[0];
     let req = Request::get("/payments/v1/customers/cus_1")

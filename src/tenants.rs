@@ -136,6 +136,39 @@ pub fn new_credentials(api_key_prefix: &str) -> Result<(Credentials, String, Str
     Ok((creds, secret_hash, key_hash))
 }
 
+/// A new active tenant for `company`/`email`, created at `now` and expiring
+/// `life` later, with fresh credentials (API keys start with
+/// `api_key_prefix`). Every optional field is empty and the plan is `trial`;
+/// callers set what they need before storing it with [`Registry::put`].
+pub fn new_tenant(
+    company: &str,
+    email: &str,
+    now: u64,
+    life: Duration,
+    api_key_prefix: &str,
+) -> Result<(Tenant, Credentials), StoreError> {
+    let (creds, secret_hash, key_hash) = new_credentials(api_key_prefix)?;
+    let tenant = Tenant {
+        id: new_id(),
+        prospect_company: company.to_owned(),
+        prospect_email: email.to_owned(),
+        deal_id: None,
+        industry: None,
+        persona: None,
+        plan: "trial".into(),
+        features_enabled: None,
+        sample_data_persona: None,
+        mtls_identities: Vec::new(),
+        client_id: creds.client_id.clone(),
+        client_secret_sha256: secret_hash,
+        api_key_sha256: key_hash,
+        created_at: now,
+        expires_at: now.saturating_add(life.as_secs()),
+        deactivated_at: None,
+    };
+    Ok((tenant, creds))
+}
+
 /// A new sandbox id.
 pub fn new_id() -> String {
     format!("sbx_{}", ulid::Ulid::new().to_string().to_ascii_lowercase())

@@ -7,7 +7,7 @@
 mod common;
 
 use common::{PAYMENTS, TestGateway, TestUpstream, problem, sandbox_dir, start_gateway};
-use sandgate::tenants::{self, DAY, Tenant};
+use sandgate::tenants::{self, DAY};
 
 /// Provisions a tenant directly in the gateway's registry; returns its API key.
 async fn tenant(
@@ -15,27 +15,17 @@ async fn tenant(
     features: Option<Vec<&str>>,
     expires_in: i64,
 ) -> (String, String) {
-    let (creds, secret_hash, key_hash) =
-        tenants::new_credentials("sk_sandbox_").expect("credentials");
     let now = tenants::now_secs();
-    let t = Tenant {
-        id: tenants::new_id(),
-        prospect_company: "Acme".into(),
-        prospect_email: "dev@acme.test".into(),
-        deal_id: None,
-        industry: None,
-        persona: None,
-        plan: "trial".into(),
-        features_enabled: features.map(|f| f.into_iter().map(str::to_owned).collect()),
-        sample_data_persona: None,
-        mtls_identities: vec![],
-        client_id: creds.client_id.clone(),
-        client_secret_sha256: secret_hash,
-        api_key_sha256: key_hash,
-        created_at: now - DAY,
-        expires_at: now.saturating_add_signed(expires_in),
-        deactivated_at: None,
-    };
+    let (mut t, creds) = tenants::new_tenant(
+        "Acme",
+        "dev@acme.test",
+        now - DAY,
+        std::time::Duration::ZERO,
+        "sk_sandbox_",
+    )
+    .expect("tenant");
+    t.features_enabled = features.map(|f| f.into_iter().map(str::to_owned).collect());
+    t.expires_at = now.saturating_add_signed(expires_in);
     let registry = gw
         .running
         .as_ref()

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use common::{PAYMENTS, TestGateway, problem, sandbox_dir, start_gateway};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use sandgate::tenants::{self, DAY, Tenant};
+use sandgate::tenants::{self, DAY};
 use serde_json::{Value, json};
 
 const ISS: &str = "https://auth.sandbox.example.com";
@@ -63,25 +63,14 @@ async fn gateway(k: &Keys) -> (TestGateway, String) {
         ("keys/jwks.json", &k.jwks),
     ]))
     .await;
-    let (creds, secret, key_hash) = tenants::new_credentials("sk_sandbox_").expect("credentials");
-    let t = Tenant {
-        id: tenants::new_id(),
-        prospect_company: "Acme".into(),
-        prospect_email: "dev@acme.test".into(),
-        deal_id: None,
-        industry: None,
-        persona: None,
-        plan: "trial".into(),
-        features_enabled: None,
-        sample_data_persona: None,
-        mtls_identities: vec![],
-        client_id: creds.client_id,
-        client_secret_sha256: secret,
-        api_key_sha256: key_hash,
-        created_at: now(),
-        expires_at: now() + 7 * DAY,
-        deactivated_at: None,
-    };
+    let (t, _) = tenants::new_tenant(
+        "Acme",
+        "dev@acme.test",
+        now(),
+        std::time::Duration::from_secs(7 * DAY),
+        "sk_sandbox_",
+    )
+    .expect("tenant");
     gw.running
         .as_ref()
         .expect("running")

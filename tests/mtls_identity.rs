@@ -7,7 +7,7 @@
 mod common;
 
 use common::{PAYMENTS, Pki, TestGateway, problem, sandbox_dir, start_gateway, tls_client};
-use sandgate::tenants::{self, DAY, Tenant};
+use sandgate::tenants::{self, DAY};
 
 const CUSTOMER: &str = "/payments/v1/customers/cus_NffrFeUfNV2Hib";
 const SPIFFE: &str = "spiffe://partners.example/acme/billing";
@@ -22,26 +22,15 @@ async fn gateway(pki: &Pki) -> TestGateway {
         ("certs/ca.pem", &pki.ca_pem),
     ]))
     .await;
-    let (creds, secret, key_hash) = tenants::new_credentials("sk_sandbox_").expect("credentials");
-    let now = tenants::now_secs();
-    let t = Tenant {
-        id: tenants::new_id(),
-        prospect_company: "Acme".into(),
-        prospect_email: "dev@acme.test".into(),
-        deal_id: None,
-        industry: None,
-        persona: None,
-        plan: "trial".into(),
-        features_enabled: None,
-        sample_data_persona: None,
-        mtls_identities: vec![SPIFFE.into()],
-        client_id: creds.client_id,
-        client_secret_sha256: secret,
-        api_key_sha256: key_hash,
-        created_at: now,
-        expires_at: now + 7 * DAY,
-        deactivated_at: None,
-    };
+    let (mut t, _) = tenants::new_tenant(
+        "Acme",
+        "dev@acme.test",
+        tenants::now_secs(),
+        std::time::Duration::from_secs(7 * DAY),
+        "sk_sandbox_",
+    )
+    .expect("tenant");
+    t.mtls_identities = vec![SPIFFE.into()];
     gw.running
         .as_ref()
         .expect("running")

@@ -212,31 +212,21 @@ async fn create(
             max: cfg.max_active_sandboxes,
         });
     }
-    let (creds, secret_hash, key_hash) = tenants::new_credentials(
-        sandbox
-            .api_keys
-            .as_ref()
-            .map_or(API_KEY_PREFIX, |k| k.prefix.as_str()),
-    )
-    .map_err(store_err)?;
-    let tenant = Tenant {
-        id: tenants::new_id(),
-        prospect_company: r.prospect_company,
-        prospect_email: r.prospect_email,
-        deal_id: r.deal_id,
-        industry: r.industry,
-        persona: r.persona,
-        plan: r.plan.unwrap_or_else(|| "trial".into()),
-        features_enabled: r.features_enabled,
-        sample_data_persona: r.sample_data_persona,
-        mtls_identities: r.mtls_identities,
-        client_id: creds.client_id.clone(),
-        client_secret_sha256: secret_hash,
-        api_key_sha256: key_hash,
-        created_at: now,
-        expires_at: now + u64::from(expiry_days) * DAY,
-        deactivated_at: None,
-    };
+    let prefix = sandbox
+        .api_keys
+        .as_ref()
+        .map_or(API_KEY_PREFIX, |k| k.prefix.as_str());
+    let life = tenants::days(u64::from(expiry_days));
+    let (mut tenant, creds) =
+        tenants::new_tenant(&r.prospect_company, &r.prospect_email, now, life, prefix)
+            .map_err(store_err)?;
+    tenant.deal_id = r.deal_id;
+    tenant.industry = r.industry;
+    tenant.persona = r.persona;
+    tenant.plan = r.plan.unwrap_or_else(|| "trial".into());
+    tenant.features_enabled = r.features_enabled;
+    tenant.sample_data_persona = r.sample_data_persona;
+    tenant.mtls_identities = r.mtls_identities;
     registry.put(&tenant).await.map_err(store_err)?;
     tracing::info!(sandbox_id = %tenant.id, deal_id = ?tenant.deal_id, "sandbox provisioned");
     let body = json!({
