@@ -37,6 +37,9 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet
 BIN=target/release/sandgate
+# The commit the binary was built from (read now: others may commit during the run).
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -130,8 +133,6 @@ avg_int() { python3 -c "print(f'{$1/$ROUNDS:,.0f}')"; }
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 MEM=$(free -g | awk '/Mem:/{print $2" GiB"}')
 echo
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
 echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $COMMIT; machine: $(nproc) cores ($CPU), $MEM;"
 echo "load average at start: $LOAD_AT_START; client: wrk -t$THREADS -c$CONNECTIONS -d$DURATION (HTTP/1.1 keep-alive),"
 echo "$ROUNDS interleaved rounds after a $WARMUP warm-up, means shown; servers and client share the $(nproc) cores."

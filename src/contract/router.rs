@@ -25,7 +25,12 @@ pub enum OperationMatch {
 struct PathEntry {
     template: String,
     methods: Vec<(Method, usize)>,
+    /// Number of `/`-separated segments, for the nearest-path prefilter.
+    segments: usize,
 }
+
+/// Most templates scored for one "nearest paths" hint.
+const MAX_SCORED: usize = 32;
 
 /// The operation router of one contract.
 #[derive(Debug)]
@@ -47,7 +52,12 @@ impl Router {
             inner
                 .insert(template.clone(), paths.len())
                 .map_err(|e| format!("path `{template}` cannot be routed: {e}"))?;
-            paths.push(PathEntry { template, methods });
+            let segments = template.split('/').count();
+            paths.push(PathEntry {
+                template,
+                methods,
+                segments,
+            });
         }
         Ok(Router { inner, paths })
     }
@@ -104,10 +114,25 @@ impl Router {
     }
 
     /// The documented templates closest to `path`, best first (at most 3).
+    ///
+    /// The cost is bounded whatever the contract's size (a refused request
+    /// must not cost more than a served one): only templates with about as
+    /// many segments are scored, at most [`MAX_SCORED`] of them, preferring
+    /// those that share the first segment.
     pub fn nearest(&self, path: &str) -> Vec<String> {
-        let mut scored: Vec<(f64, &str)> = self
+        let segments = path.split('/').count();
+        let first = path.split('/').nth(1).unwrap_or("");
+        let mut candidates: Vec<&PathEntry> = self
             .paths
             .iter()
+            .filter(|p| p.segments.abs_diff(segments) <= 1)
+            .collect();
+        if candidates.len() > MAX_SCORED {
+            candidates.sort_by_key(|p| p.template.split('/').nth(1) != Some(first));
+            candidates.truncate(MAX_SCORED);
+        }
+        let mut scored: Vec<(f64, &str)> = candidates
+            .into_iter()
             .map(|p| (strsim::jaro_winkler(path, &p.template), p.template.as_str()))
             .filter(|(s, _)| *s > 0.7)
             .collect();
