@@ -4,6 +4,9 @@
 
 use crate::config::Source;
 
+/// The id of the demo tenant `sandgate serve` creates for the demo.
+pub const TENANT: &str = "sbx_demo";
+
 /// The demo's files.
 pub const FILES: &[(&str, &str)] = &[
     ("sandgate.yaml", include_str!("../sandgate.yaml")),

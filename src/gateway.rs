@@ -55,8 +55,14 @@ impl Gateway {
     /// material of already-bound listeners change only on restart.
     pub fn reload(&self) -> Result<(), ConfigErrors> {
         match Sandbox::load(&self.source, &self.overrides) {
-            Ok(sb) => {
-                self.sandbox.store(Arc::new(sb));
+            Ok(mut sb) => {
+                sb.inherit(&self.sandbox.load());
+                let sb = Arc::new(sb);
+                self.sandbox.store(sb.clone());
+                // Key sets at new URLs are fetched now, not on the first token.
+                if tokio::runtime::Handle::try_current().is_ok() {
+                    tokio::spawn(async move { sb.jwt.prefetch().await });
+                }
                 ConfigReloaded {
                     ok: true,
                     errors: None,

@@ -10,6 +10,9 @@
 //! - [`facade`]: answers from the contract
 //! - [`upstream`]: the proxy to real sandbox backends
 //! - [`refusal`]: every refusal, rendered as problem+json
+//! - [`jwt`], [`mtls`], [`issuer`]: token and certificate credentials, the
+//!   built-in OAuth token issuer
+//! - [`tenants`], [`store`]: tenants and their credentials, the store
 //! - [`config`], [`sandbox`]: typed configuration and its compiled form
 //! - [`gateway`], [`admin`], [`run`]: the handlers and their lifecycle
 //! - [`telemetry`]: logs and metrics
@@ -22,6 +25,7 @@ pub mod demo;
 pub mod edge;
 pub mod facade;
 pub mod gateway;
+pub mod issuer;
 pub mod jwt;
 pub mod mtls;
 pub mod pipeline;

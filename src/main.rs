@@ -90,6 +90,7 @@ fn main() -> ExitCode {
                     Overrides {
                         listen,
                         admin_listen,
+                        check_only: false,
                     },
                 )
                 .await
@@ -99,7 +100,11 @@ fn main() -> ExitCode {
 }
 
 fn check(source: Source) -> ExitCode {
-    match Sandbox::load(&source, &Overrides::default()) {
+    let validate_only = Overrides {
+        check_only: true,
+        ..Overrides::default()
+    };
+    match Sandbox::load(&source, &validate_only) {
         Ok(sb) => {
             let ops: usize = sb
                 .apis
@@ -123,6 +128,27 @@ fn check(source: Source) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Creates the demo tenant and returns its credentials.
+async fn demo_tenant(
+    running: &sandgate::Running,
+) -> Result<sandgate::tenants::Credentials, sandgate::store::StoreError> {
+    let sb = running.gateway.sandbox();
+    let prefix = sb
+        .api_keys
+        .as_ref()
+        .map_or("sk_sandbox_", |k| k.prefix.as_str());
+    let (mut tenant, creds) = sandgate::tenants::new_tenant(
+        "Demo Company",
+        "demo@example.com",
+        sandgate::tenants::now_secs(),
+        sandgate::tenants::days(u64::from(sb.tenants.default_expiry_days)),
+        prefix,
+    )?;
+    tenant.id = sandgate::demo::TENANT.to_owned();
+    running.gateway.registry().put(&tenant).await?;
+    Ok(creds)
 }
 
 async fn serve(config: Option<PathBuf>, overrides: Overrides) -> ExitCode {
@@ -154,9 +180,32 @@ async fn serve(config: Option<PathBuf>, overrides: Overrides) -> ExitCode {
         running.admin
     );
     if demo && let Some((addr, tls)) = running.public.first() {
-        let scheme = if *tls { "https" } else { "http" };
-        println!("\nServing the bundled demo sandbox (a payments API). Try it:\n");
-        println!("  curl -s {scheme}://{addr}/payments/v1/customers/cus_NffrFeUfNV2Hib\n");
+        let base = format!("{}://{addr}", if *tls { "https" } else { "http" });
+        match demo_tenant(&running).await {
+            Ok(creds) => {
+                println!(
+                    "\nServing the bundled demo sandbox (a payments API) with the demo tenant `{}`.",
+                    sandgate::demo::TENANT
+                );
+                println!("Its credentials (in memory, new at every start):\n");
+                println!("  API key:       {}", creds.api_key);
+                println!("  client_id:     {}", creds.client_id);
+                println!("  client_secret: {}\n", creds.client_secret);
+                println!("Try it:\n");
+                println!(
+                    "  curl -s -H 'Authorization: Bearer {}' {base}/payments/v1/customers/cus_NffrFeUfNV2Hib\n",
+                    creds.api_key
+                );
+                println!(
+                    "Or get a token from the built-in issuer and use it as the Bearer credential:\n"
+                );
+                println!(
+                    "  curl -s -u '{}:{}' -d grant_type=client_credentials {base}/oauth/token\n",
+                    creds.client_id, creds.client_secret
+                );
+            }
+            Err(e) => eprintln!("sandgate: the demo tenant could not be created: {e}"),
+        }
     }
     match running.run_until_signal(signals).await {
         Ok(_) => ExitCode::SUCCESS,

@@ -173,6 +173,10 @@ pub enum Refusal {
     MissingCredentials {
         /// The API.
         api: String,
+        /// The kinds of credential accepted, described for a person.
+        accepted: Vec<String>,
+        /// Where to get a token (the built-in issuer's token endpoint).
+        token_url: Option<String>,
     },
     /// Production credentials sent to the sandbox.
     ProductionCredentials {
@@ -207,6 +211,12 @@ pub enum Refusal {
     },
     /// A token signed by a key the issuer's key set does not have.
     UnknownKey {
+        /// The issuer.
+        issuer: String,
+    },
+    /// The issuer's key set (fetched from its URL) has never been
+    /// obtained: the issuer has been unreachable since the gateway started.
+    IssuerKeysUnavailable {
         /// The issuer.
         issuer: String,
     },
@@ -336,6 +346,7 @@ impl Refusal {
             Refusal::WrongAudience { .. } => "wrong_audience",
             Refusal::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
             Refusal::UnknownKey { .. } => "unknown_key",
+            Refusal::IssuerKeysUnavailable { .. } => "issuer_keys_unavailable",
             Refusal::BadSignature => "bad_signature",
             Refusal::TokenExpired { .. } => "token_expired",
             Refusal::TokenNotYetValid { .. } => "token_not_yet_valid",
@@ -372,9 +383,9 @@ impl Refusal {
             | Refusal::UnknownOperation { .. }
             | Refusal::AdminNotFound { .. }
             | Refusal::SandboxNotFound { .. } => StatusCode::NOT_FOUND,
-            Refusal::AdminTokenUnset { .. } | Refusal::StoreUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Refusal::AdminTokenUnset { .. }
+            | Refusal::StoreUnavailable { .. }
+            | Refusal::IssuerKeysUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::AdminUnauthorized
             | Refusal::MissingCredentials { .. }
             | Refusal::ProductionCredentials { .. }
@@ -440,6 +451,7 @@ impl Refusal {
             | Refusal::WrongIssuer { .. }
             | Refusal::AlgorithmNotAllowed { .. }
             | Refusal::UnknownKey { .. }
+            | Refusal::IssuerKeysUnavailable { .. }
             | Refusal::BadSignature
             | Refusal::TokenExpired { .. }
             | Refusal::TokenNotYetValid { .. }
@@ -487,6 +499,7 @@ impl Refusal {
             Refusal::WrongAudience { .. } => "Token for another audience",
             Refusal::AlgorithmNotAllowed { .. } => "Token algorithm not allowed",
             Refusal::UnknownKey { .. } => "Token signed by an unknown key",
+            Refusal::IssuerKeysUnavailable { .. } => "Issuer's keys unavailable",
             Refusal::BadSignature => "Token signature invalid",
             Refusal::TokenExpired { .. } => "Token expired",
             Refusal::TokenNotYetValid { .. } => "Token not yet valid",
@@ -529,13 +542,14 @@ impl Refusal {
             Refusal::AdminTokenUnset { .. } | Refusal::AdminUnauthorized => {
                 Some("admin.token_env".into())
             }
-            Refusal::MissingCredentials { api } => Some(format!("apis.{api}.auth")),
+            Refusal::MissingCredentials { api, .. } => Some(format!("apis.{api}.auth")),
             Refusal::ProductionCredentials { .. } => Some("auth.api_keys.live_prefixes".into()),
             Refusal::ProductionToken { .. } => Some("auth.production_issuers".into()),
             Refusal::WrongIssuer { .. }
             | Refusal::WrongAudience { .. }
             | Refusal::AlgorithmNotAllowed { .. }
             | Refusal::UnknownKey { .. }
+            | Refusal::IssuerKeysUnavailable { .. }
             | Refusal::BadSignature
             | Refusal::TokenExpired { .. }
             | Refusal::TokenNotYetValid { .. }
@@ -639,8 +653,9 @@ impl Refusal {
             Refusal::AdminNotFound { path } => {
                 format!("Nothing is served at '{path}' on the admin listener.")
             }
-            Refusal::MissingCredentials { api } => format!(
-                "API '{api}' needs sandbox credentials: a sandbox API key in `Authorization: Bearer …` or `X-Api-Key`."
+            Refusal::MissingCredentials { api, accepted, .. } => format!(
+                "API '{api}' needs sandbox credentials: {}.",
+                accepted.join("; or ")
             ),
             Refusal::ProductionToken { issuer, sandbox } => format!(
                 "The token was issued by the production issuer '{issuer}'. This is the sandbox: it accepts tokens from {} only.",
@@ -661,6 +676,9 @@ impl Refusal {
             Refusal::UnknownKey { issuer } => {
                 format!("The token's signing key is not in the key set of '{issuer}'.")
             }
+            Refusal::IssuerKeysUnavailable { issuer } => format!(
+                "The key set of '{issuer}' could not be fetched since the gateway started, so no token of it can be verified yet."
+            ),
             Refusal::BadSignature => "The token's signature does not verify.".into(),
             Refusal::TokenExpired { at } => format!("The token expired at {at}."),
             Refusal::TokenNotYetValid { at } => format!("The token is not valid before {at}."),
@@ -770,6 +788,12 @@ impl Refusal {
             Refusal::AdminTokenUnset { env } => {
                 format!("Set {env} in the gateway's environment and restart it.")
             }
+            Refusal::MissingCredentials {
+                token_url: Some(url),
+                ..
+            } => format!(
+                "Use the sandbox credentials you were given at provisioning; with the client id and secret, get a token at {url} (OAuth client credentials grant)."
+            ),
             Refusal::MissingCredentials { .. } | Refusal::UnknownApiKey | Refusal::MalformedCredentials { .. } => {
                 "Use the sandbox credentials you were given at provisioning; ask your sandbox contact for new ones if they are lost.".into()
             }
@@ -820,6 +844,9 @@ impl Refusal {
                 "Deactivate sandboxes that are no longer used (DELETE /internal/sandboxes/{id}), or raise tenants.max_active_sandboxes.".into()
             }
             Refusal::StoreUnavailable { .. } => "Retry shortly; if it persists, check the store.".into(),
+            Refusal::IssuerKeysUnavailable { .. } => {
+                "Retry shortly; if it persists, tell the sandbox operators their token issuer's key set URL is unreachable.".into()
+            }
             Refusal::Internal => "Retry; if it persists, report the request id to the sandbox operators.".into(),
         }
     }
@@ -833,6 +860,7 @@ impl Refusal {
                 | Refusal::UpstreamTimeout { .. }
                 | Refusal::UpstreamError { .. }
                 | Refusal::StoreUnavailable { .. }
+                | Refusal::IssuerKeysUnavailable { .. }
                 | Refusal::Internal
         )
     }

@@ -234,6 +234,11 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         admin_tracker.clone(),
         admin_stop_rx,
     ));
+    tokio::spawn(sweep_expired(gateway.clone()));
+    // Key sets of issuers configured by URL: fetched now, in the background
+    // (an issuer that is down must not keep the gateway from starting).
+    let sb = gateway.sandbox();
+    tokio::spawn(async move { sb.jwt.prefetch().await });
     gateway.set_ready(true);
     Ok(Running {
         public,
@@ -317,5 +322,28 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
         })
+    }
+}
+
+/// Marks expired sandboxes every `tenants.sweep_interval`, for as long as
+/// the control runtime runs.
+async fn sweep_expired(gateway: Arc<Gateway>) {
+    loop {
+        tokio::time::sleep(gateway.sandbox().tenants.sweep_interval.get()).await;
+        match gateway
+            .registry()
+            .sweep_expired(crate::tenants::now_secs())
+            .await
+        {
+            Ok(ids) => {
+                for id in &ids {
+                    tracing::info!(tenant = %id, "sandbox expired");
+                }
+                metrics::counter!("sandgate_sandboxes_expired_total").increment(ids.len() as u64);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "expiry sweep failed; retrying at the next interval")
+            }
+        }
     }
 }

@@ -45,6 +45,10 @@ pub struct Tenant {
     pub expires_at: u64,
     /// Set when the sandbox was deactivated (Unix seconds).
     pub deactivated_at: Option<u64>,
+    /// Set by the expiry sweep once it has seen the sandbox expired (Unix
+    /// seconds); cleared by an extension.
+    #[serde(default)]
+    pub expired_at: Option<u64>,
 }
 
 /// A tenant's status at a given time.
@@ -119,6 +123,9 @@ fn api_key_index(hash: &str) -> String {
 fn mtls_index(identity: &str) -> String {
     format!("g/mtls/{identity}")
 }
+fn client_index(client_id: &str) -> String {
+    format!("g/clients/{client_id}")
+}
 fn archive_key(id: &str) -> String {
     format!("g/archive/{id}")
 }
@@ -165,6 +172,7 @@ pub fn new_tenant(
         created_at: now,
         expires_at: now.saturating_add(life.as_secs()),
         deactivated_at: None,
+        expired_at: None,
     };
     Ok((tenant, creds))
 }
@@ -185,6 +193,7 @@ const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 pub struct Registry {
     store: SharedStore,
     by_key: moka::sync::Cache<String, std::sync::Arc<Tenant>>,
+    by_id: moka::sync::Cache<String, std::sync::Arc<Tenant>>,
 }
 
 fn corrupt(e: serde_json::Error) -> StoreError {
@@ -197,6 +206,10 @@ impl Registry {
         Self {
             store,
             by_key: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(KEY_CACHE_TTL)
+                .build(),
+            by_id: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(KEY_CACHE_TTL)
                 .build(),
@@ -219,6 +232,9 @@ impl Registry {
                 None,
             )
             .await?;
+        self.store
+            .put(&client_index(&t.client_id), t.id.clone().into_bytes(), None)
+            .await?;
         if t.deactivated_at.is_none() {
             for identity in &t.mtls_identities {
                 self.store
@@ -228,6 +244,7 @@ impl Registry {
         }
         // After the writes, so a concurrent lookup cannot re-cache the old record.
         self.by_key.invalidate(&t.api_key_sha256);
+        self.by_id.invalidate(&t.id);
         Ok(())
     }
 
@@ -237,6 +254,20 @@ impl Registry {
             Some(v) => serde_json::from_slice(&v).map(Some).map_err(corrupt),
             None => Ok(None),
         }
+    }
+
+    /// The tenant `id`, served from memory for a few seconds (the identify
+    /// stage's path; admin reads use [`Registry::get`]).
+    pub async fn by_id(&self, id: &str) -> Result<Option<std::sync::Arc<Tenant>>, StoreError> {
+        if let Some(t) = self.by_id.get(id) {
+            return Ok(Some(t));
+        }
+        let Some(t) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let t = std::sync::Arc::new(t);
+        self.by_id.insert(id.to_owned(), t.clone());
+        Ok(Some(t))
     }
 
     /// The tenant owning an API key, by the key's hash.
@@ -256,6 +287,14 @@ impl Registry {
         let t = std::sync::Arc::new(t);
         self.by_key.insert(hash.to_owned(), t.clone());
         Ok(Some(t))
+    }
+
+    /// The tenant an OAuth client belongs to (any status: the caller decides).
+    pub async fn by_client_id(&self, client_id: &str) -> Result<Option<Tenant>, StoreError> {
+        match self.store.get(&client_index(client_id)).await? {
+            Some(id) => self.get(&String::from_utf8_lossy(&id)).await,
+            None => Ok(None),
+        }
     }
 
     /// The active tenant an mTLS identity is registered to.
@@ -306,6 +345,7 @@ impl Registry {
             )
             .await?;
         self.store.delete(&api_key_index(&t.api_key_sha256)).await?;
+        self.store.delete(&client_index(&t.client_id)).await?;
         for identity in &t.mtls_identities {
             self.store.delete(&mtls_index(identity)).await?;
         }
@@ -313,6 +353,7 @@ impl Registry {
         let json = serde_json::to_vec(&t).map_err(corrupt)?;
         self.store.put(&tenant_key(&t.id), json, None).await?;
         self.by_key.invalidate(&t.api_key_sha256);
+        self.by_id.invalidate(&t.id);
         Ok(t)
     }
 
@@ -322,6 +363,22 @@ impl Registry {
             Some(v) => serde_json::from_slice(&v).map(Some).map_err(corrupt),
             None => Ok(None),
         }
+    }
+
+    /// Marks the tenants that have expired since the last sweep; returns
+    /// their ids. Their credentials already stop working at `expires_at`
+    /// (the admit stage checks it on every request); the mark records when
+    /// it was noticed, for the status API and the logs.
+    pub async fn sweep_expired(&self, now: u64) -> Result<Vec<String>, StoreError> {
+        let mut swept = Vec::new();
+        for mut t in self.list().await? {
+            if t.status(now) == Status::Expired && t.expired_at.is_none() {
+                t.expired_at = Some(now);
+                self.put(&t).await?;
+                swept.push(t.id);
+            }
+        }
+        Ok(swept)
     }
 
     /// Wipes a tenant's sandbox data (not its credentials); returns how many

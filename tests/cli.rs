@@ -432,23 +432,68 @@ async fn serve_prints_addresses_and_answers_on_both_listeners() {
 }
 
 #[tokio::test]
-async fn serve_without_config_runs_the_demo_and_prints_a_working_curl_line() {
+async fn serve_without_config_runs_the_demo_and_prints_working_curl_lines() {
     let mut gw = Gateway::start(&[]).await;
-    let curl = gw.line_starting("curl -s ").await;
-    let url = curl
-        .strip_prefix("curl -s ")
-        .expect("curl prefix")
-        .trim()
-        .to_owned();
+    // `curl -s -H 'Authorization: Bearer <key>' <url>`
+    let curl = gw.line_starting("curl -s -H ").await;
+    let rest = curl.strip_prefix("curl -s -H '").expect("curl prefix");
+    let (header, url) = rest.split_once("' ").expect("quoted header, then the URL");
+    let key = header
+        .strip_prefix("Authorization: Bearer ")
+        .expect("a Bearer header");
+    assert!(key.starts_with("sk_sandbox_"), "{key}");
     assert_eq!(
-        url,
+        url.trim(),
         gw.url(CUSTOMER),
         "the curl line names the public listener"
     );
-    let resp = common::client().get(&url).send().await.expect("request");
+    let c = common::client();
+    let resp = c
+        .get(url.trim())
+        .header("authorization", format!("Bearer {key}"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.expect("JSON");
-    assert!(body.is_object(), "{body}");
+    assert_eq!(body["object"], "customer", "{body}");
+    // Without the key, the demo says what it accepts and where to get a token.
+    let resp = c.get(url.trim()).send().await.expect("request");
+    let p = problem(resp, 401, "missing_credentials").await;
+    assert!(
+        p["hint"].as_str().unwrap_or_default().contains("/oauth/token"),
+        "{p}"
+    );
+
+    // `curl -s -u '<id>:<secret>' -d grant_type=client_credentials <url>/oauth/token`
+    let curl = gw.line_starting("curl -s -u ").await;
+    let rest = curl.strip_prefix("curl -s -u '").expect("curl prefix");
+    let (user, rest) = rest.split_once("' ").expect("quoted credentials");
+    let (id, secret) = user.split_once(':').expect("id:secret");
+    let token_url = rest
+        .strip_prefix("-d grant_type=client_credentials ")
+        .expect("the grant")
+        .trim();
+    assert_eq!(token_url, gw.url("/oauth/token"));
+    let resp = c
+        .post(token_url)
+        .basic_auth(id, Some(secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(resp.status(), 200);
+    let token: serde_json::Value = resp.json().await.expect("JSON");
+    let access = token["access_token"].as_str().expect("access_token");
+    let resp = c
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(access)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200, "the issued token is accepted");
+
     gw.signal("-INT");
     assert!(gw.exit_status().await.success(), "{}", gw.stderr());
 }

@@ -327,6 +327,9 @@ async fn extend(
         });
     }
     t.expires_at = wanted;
+    if t.status(tenants::now_secs()) == tenants::Status::Active {
+        t.expired_at = None;
+    }
     gw.registry().put(&t).await.map_err(store_err)?;
     Ok(json_response(
         StatusCode::OK,

@@ -154,6 +154,44 @@ pub struct AuthConfig {
     /// Client certificates as credentials (on TLS listeners with
     /// `client_ca`): which part of the verified certificate names the client.
     pub mtls: Option<MtlsConfig>,
+    /// sandgate's own OAuth 2.0 token issuer (client credentials grant) for
+    /// tenants without an identity provider of their own.
+    pub builtin_issuer: Option<BuiltinIssuerConfig>,
+}
+
+/// The built-in token issuer: `POST /oauth/token`,
+/// `GET /.well-known/jwks.json`, `GET /.well-known/openid-configuration` on
+/// the public listeners. Its tokens are verified like any other issuer's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuiltinIssuerConfig {
+    /// The `iss` of its tokens and the base URL of its endpoints in the
+    /// discovery document. Default: the sandbox's public URL (first host,
+    /// first listener).
+    pub issuer: Option<Spanned<String>>,
+    /// The `aud` its tokens carry (the first one) and accept. Default:
+    /// `[issuer]`.
+    pub audiences: Option<Vec<String>>,
+    /// PKCS#8 PEM file of its ES256 (P-256) signing key, relative to the
+    /// sandbox directory. Generated (mode 0600) on first start when
+    /// absent; the bundled demo uses a key kept in memory only.
+    pub signing_key: Spanned<PathBuf>,
+    /// Lifetime of its tokens (never past the sandbox's own expiry), at
+    /// most 24h. Default: `1h`.
+    #[serde(default = "default_token_ttl")]
+    pub token_ttl: Duration,
+    /// Scopes it may grant. A token request without `scope` gets all of
+    /// them; one asking for others is refused with `invalid_scope`.
+    /// Default: `[sandbox]`.
+    #[serde(default = "default_builtin_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_token_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_builtin_scopes() -> Vec<String> {
+    vec!["sandbox".into()]
 }
 
 /// How a verified client certificate maps to a tenant.
@@ -219,13 +257,42 @@ pub struct IssuerConfig {
     pub leeway: Duration,
 }
 
-/// Where an issuer's keys come from.
+/// Where an issuer's keys come from: exactly one of `file` and `url`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
-    /// A JWKS (JSON Web Key Set) file, relative to the sandbox directory.
-    /// (Fetching the set from a URL comes next.)
-    pub file: Spanned<PathBuf>,
+    /// A JWKS (JSON Web Key Set) file, relative to the sandbox directory,
+    /// read at (re)load.
+    pub file: Option<Spanned<PathBuf>>,
+    /// A JWKS URL (`https://`; plain `http://` only to a loopback address).
+    /// Fetched at start, in the background every `refresh`, and at once
+    /// when a token names a key id the set lacks, at most once every
+    /// `min_refetch_interval`. While the issuer is unreachable the last
+    /// good key set stays in use. Keys named by a token (`jku`, `x5u`,
+    /// `jwk`) are never fetched.
+    pub url: Option<Spanned<String>>,
+    /// How old a fetched key set may get before it is fetched again in the
+    /// background. Default: `10m`.
+    #[serde(default = "default_jwks_refresh")]
+    pub refresh: Duration,
+    /// The least time between two fetches caused by unknown key ids, so
+    /// tokens with made-up `kid`s cannot make the gateway hammer the
+    /// issuer. Default: `30s`; at least `1s`.
+    #[serde(default = "default_jwks_min_refetch")]
+    pub min_refetch_interval: Duration,
+    /// Time allowed for one fetch (connect, TLS and body). Default: `5s`.
+    #[serde(default = "default_jwks_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_jwks_min_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_algorithms() -> Vec<Spanned<String>> {
@@ -329,6 +396,10 @@ pub struct TenantsConfig {
     pub default_expiry_days: u32,
     /// Longest total life of a sandbox, extensions included. Default: 30.
     pub max_lifetime_days: u32,
+    /// How often the background sweep marks sandboxes that have expired
+    /// (requests check expiry themselves; the sweep records it, logs it and
+    /// counts it). Default: `1m`.
+    pub sweep_interval: Duration,
 }
 
 impl Default for TenantsConfig {
@@ -337,6 +408,7 @@ impl Default for TenantsConfig {
             max_active_sandboxes: 1000,
             default_expiry_days: 14,
             max_lifetime_days: 30,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }
@@ -701,6 +773,33 @@ impl Config {
                         format!("issuer `{}` needs at least one audience", iss.issuer.value),
                     );
                 }
+                match (&iss.jwks.file, &iss.jwks.url) {
+                    (Some(_), Some(_)) | (None, None) => err(
+                        iss.issuer.referenced.line(),
+                        format!(
+                            "issuer `{}`: `jwks` needs exactly one of `file` and `url`",
+                            iss.issuer.value
+                        ),
+                    ),
+                    (None, Some(url)) => {
+                        if let Err(m) = check_jwks_url(&url.value) {
+                            err(url.referenced.line(), m);
+                        }
+                    }
+                    (Some(_), None) => {}
+                }
+                if iss.jwks.min_refetch_interval < Duration::from_secs(1)
+                    || iss.jwks.refresh < iss.jwks.min_refetch_interval
+                    || iss.jwks.timeout.get().is_zero()
+                {
+                    err(
+                        iss.issuer.referenced.line(),
+                        format!(
+                            "issuer `{}`: `jwks.min_refetch_interval` must be at least 1s and at most `jwks.refresh`, and `jwks.timeout` above zero",
+                            iss.issuer.value
+                        ),
+                    );
+                }
                 if iss.leeway > Duration::from_secs(60) {
                     err(
                         iss.issuer.referenced.line(),
@@ -733,6 +832,40 @@ impl Config {
                     }
                 }
             }
+            if let Some(b) = &a.builtin_issuer {
+                let line = b.signing_key.referenced.line();
+                if b.token_ttl.get() < std::time::Duration::from_secs(60)
+                    || b.token_ttl.get() > std::time::Duration::from_secs(86_400)
+                {
+                    err(
+                        line,
+                        format!(
+                            "`auth.builtin_issuer.token_ttl` {} must be between 1m and 24h",
+                            b.token_ttl
+                        ),
+                    );
+                }
+                if b.audiences.as_ref().is_some_and(Vec::is_empty)
+                    || b.scopes.iter().any(|s| {
+                        s.is_empty()
+                            || s.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\')
+                    })
+                {
+                    err(line, "`auth.builtin_issuer`: `audiences` must not be empty, and scopes must be non-empty words without spaces or quotes".into());
+                }
+                if let Some(iss) = &b.issuer
+                    && (a.production_issuers.contains(&iss.value)
+                        || a.issuers.iter().any(|i| i.issuer.value == iss.value))
+                {
+                    err(
+                        iss.referenced.line(),
+                        format!(
+                            "`auth.builtin_issuer.issuer` `{}` is also a configured or production issuer",
+                            iss.value
+                        ),
+                    );
+                }
+            }
             let k = &a.api_keys;
             if k.prefix.len() < 4
                 || k.live_prefixes.iter().any(|l| {
@@ -754,6 +887,9 @@ impl Config {
             }
         }
         let tc = &self.tenants;
+        if tc.sweep_interval.get() < std::time::Duration::from_secs(1) {
+            err(0, "`tenants.sweep_interval` must be at least 1s".into());
+        }
         if tc.max_active_sandboxes == 0
             || tc.default_expiry_days == 0
             || tc.default_expiry_days > tc.max_lifetime_days
@@ -778,6 +914,30 @@ impl Config {
             );
         }
         errors
+    }
+}
+
+/// Checks a JWKS URL: `https://`, or `http://` to a loopback host only
+/// (keys fetched in the clear could be swapped on the way).
+fn check_jwks_url(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("jwks url `{url}` is not a URL: {e}"))?;
+    let Some(host) = uri.host() else {
+        return Err(format!("jwks url `{url}` has no host"));
+    };
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => Ok(uri),
+        Some("http") if loopback => Ok(uri),
+        Some("http") => Err(format!(
+            "jwks url `{url}` must use https:// (plain http:// is accepted only for a loopback address): keys fetched in the clear could be replaced on the way"
+        )),
+        _ => Err(format!("jwks url `{url}` must start with https://")),
     }
 }
 

@@ -3,9 +3,10 @@
 //! production ones are refused with an explanation, and no secret is ever
 //! echoed or logged.
 //!
-//! This version understands sandbox API keys (`Authorization: Bearer
-//! sk_sandbox_…` or `X-Api-Key`); JWTs from sandbox issuers and mTLS client
-//! certificates come next, as further `Via` kinds.
+//! Credentials, in order: a Bearer JWT from a sandbox issuer (configured or
+//! built in), a sandbox API key (`Authorization: Bearer sk_sandbox_…` or
+//! `X-Api-Key`), and, when no credential header is sent, a verified client
+//! certificate.
 
 use std::sync::Arc;
 
@@ -88,11 +89,9 @@ pub async fn identify(
         if let (Some(kind), Some(leaf)) = (sandbox.mtls_identity, peer.and_then(<[_]>::first)) {
             return identify_mtls(leaf, kind, registry).await.map(Some);
         }
-        return Err(Refusal::MissingCredentials {
-            api: api.name.to_string(),
-        });
+        return Err(missing(api, sandbox));
     };
-    if jwt::looks_like_jwt(cred) && !sandbox.issuers.is_empty() {
+    if jwt::looks_like_jwt(cred) && !sandbox.jwt.is_empty() {
         return identify_jwt(cred, sandbox, registry).await.map(Some);
     }
     if keys
@@ -128,19 +127,53 @@ pub async fn identify(
     }))
 }
 
+/// The refusal for a request without credentials: what this sandbox
+/// accepts and where to get a token.
+fn missing(api: &Api, sandbox: &Sandbox) -> Refusal {
+    let mut accepted = Vec::new();
+    if let Some(k) = &sandbox.api_keys {
+        accepted.push(format!(
+            "a sandbox API key (`{}…`) in `Authorization: Bearer …` or `X-Api-Key`",
+            k.prefix
+        ));
+    }
+    if !sandbox.jwt.is_empty() {
+        let issuers: Vec<&str> = sandbox
+            .jwt
+            .issuers
+            .iter()
+            .map(|i| i.issuer.as_str())
+            .collect();
+        accepted.push(format!(
+            "a token from {} in `Authorization: Bearer …`",
+            issuers.join(" or ")
+        ));
+    }
+    if sandbox.mtls_identity.is_some() {
+        accepted.push("a registered client certificate (on the TLS listener)".into());
+    }
+    Refusal::MissingCredentials {
+        api: api.name.to_string(),
+        accepted,
+        token_url: sandbox.builtin_issuer.as_ref().map(|b| {
+            format!(
+                "{}{}",
+                b.issuer.trim_end_matches('/'),
+                crate::issuer::TOKEN_PATH
+            )
+        }),
+    }
+}
+
 /// A JWT from a sandbox issuer → its tenant.
 async fn identify_jwt(
     token: &str,
     sandbox: &Sandbox,
     registry: &Registry,
 ) -> Result<Principal, Refusal> {
-    let (issuer, claims) = jwt::verify(token, &sandbox.issuers, &sandbox.production_issuers)?;
-    let tenant_id = claims
-        .get(&issuer.tenant_claim)
-        .and_then(|v| v.as_str())
-        .ok_or(Refusal::UnknownTenant)?;
+    let token = sandbox.jwt.verify(token).await?;
     let tenant = registry
-        .get(tenant_id)
+        .by_id(&token.tenant)
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "store failed while identifying a caller");
@@ -150,23 +183,10 @@ async fn identify_jwt(
         })?
         .filter(|t| t.deactivated_at.is_none())
         .ok_or(Refusal::UnknownTenant)?;
-    let scopes = match claims.get(&issuer.scopes_claim) {
-        Some(serde_json::Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-        Some(serde_json::Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    };
-    let client = ["client_id", "azp", "sub"]
-        .iter()
-        .find_map(|c| claims.get(*c).and_then(|v| v.as_str()))
-        .unwrap_or_default()
-        .to_owned();
     Ok(Principal {
-        tenant: Arc::new(tenant),
-        client,
-        scopes,
+        tenant,
+        client: token.client.clone(),
+        scopes: token.scopes.clone(),
         via: Via::Jwt,
     })
 }

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! edge      head limits, canonical path                (crate::edge)
+//! (issuer)  /oauth/token, /.well-known/*: the built-in token issuer
 //! route     Host + prefix → API; method + path → operation
-//! identify  credentials → principal (sandbox API keys; JWT and mTLS next)
+//! identify  credentials → principal (JWT, API key, client certificate)
 //! admit     tenant active and not expired; its sandbox includes the API
 //! limit     rate and quota                              (coming: limits issue)
 //! validate  request against the contract                (coming: facade issue)
@@ -57,6 +58,12 @@ pub async fn run(
 ) -> Result<Response<Body>, Refusal> {
     // edge: refuse oversized or non-canonical heads before any routing work.
     crate::edge::check_head(&sandbox.limits, &req)?;
+    // sandbox endpoints: the built-in token issuer answers its own paths
+    // (on this sandbox's hosts) before any API is considered.
+    if let Some(endpoint) = crate::issuer::endpoint(sandbox, req.uri().path()) {
+        route::check_host(sandbox, &req)?;
+        return crate::issuer::serve(endpoint, sandbox, registry, req).await;
+    }
     // route: the API and operation decide every later stage's rules.
     let routed = route::route(sandbox, &req)?;
     facts.api = Some(routed.api_index);

@@ -54,8 +54,8 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
-/// Resolves the request or refuses it.
-pub fn route<'a, B>(sb: &'a Sandbox, req: &Request<B>) -> Result<Routed<'a>, Refusal> {
+/// Refuses a request for a host this sandbox does not serve.
+pub fn check_host<B>(sb: &Sandbox, req: &Request<B>) -> Result<(), Refusal> {
     if !sb.hosts.is_empty() {
         let host = request_host(req);
         if !host.is_some_and(|h| sb.hosts.iter().any(|s| s.eq_ignore_ascii_case(h))) {
@@ -65,6 +65,12 @@ pub fn route<'a, B>(sb: &'a Sandbox, req: &Request<B>) -> Result<Routed<'a>, Ref
             });
         }
     }
+    Ok(())
+}
+
+/// Resolves the request or refuses it.
+pub fn route<'a, B>(sb: &'a Sandbox, req: &Request<B>) -> Result<Routed<'a>, Refusal> {
+    check_host(sb, req)?;
     let path = req.uri().path();
     let Some((api_index, api)) = sb
         .apis

@@ -81,7 +81,11 @@ async fn every_refusal_has_the_problem_shape() {
             env: "SANDGATE_ADMIN_TOKEN".into(),
         },
         Refusal::AdminUnauthorized,
-        Refusal::MissingCredentials { api: "a".into() },
+        Refusal::MissingCredentials {
+            api: "a".into(),
+            accepted: vec!["a sandbox API key".into()],
+            token_url: Some("https://api.sandbox.example.com/oauth/token".into()),
+        },
         Refusal::ProductionCredentials {
             sandbox_prefix: "sk_sandbox_".into(),
         },
@@ -101,6 +105,9 @@ async fn every_refusal_has_the_problem_shape() {
             allowed: vec!["ES256".into()],
         },
         Refusal::UnknownKey {
+            issuer: "https://auth.sandbox.example.com".into(),
+        },
+        Refusal::IssuerKeysUnavailable {
             issuer: "https://auth.sandbox.example.com".into(),
         },
         Refusal::BadSignature,

@@ -89,6 +89,7 @@ pub async fn start_gateway(dir: TempDir) -> TestGateway {
     let overrides = Overrides {
         listen: None,
         admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        check_only: false,
     };
     let running = sandgate::start(Source::Dir(dir.path().to_owned()), overrides)
         .await
