@@ -461,7 +461,10 @@ async fn serve_without_config_runs_the_demo_and_prints_working_curl_lines() {
     let resp = c.get(url.trim()).send().await.expect("request");
     let p = problem(resp, 401, "missing_credentials").await;
     assert!(
-        p["hint"].as_str().unwrap_or_default().contains("/oauth/token"),
+        p["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/oauth/token"),
         "{p}"
     );
 

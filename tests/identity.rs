@@ -39,7 +39,7 @@ async fn tenant(
 
 async fn gateway(up: &TestUpstream) -> TestGateway {
     let config = format!(
-        "listeners:\n  - addr: 127.0.0.1:0\nauth:\n  api_keys: {{ prefix: sk_sandbox_, live_prefixes: [sk_live_] }}\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n  - name: echo\n    prefix: /echo\n    mode: upstream\n    upstream: {{ url: \"http://{}\" }}\n  - name: status\n    prefix: /status\n    mode: upstream\n    auth: none\n    upstream: {{ url: \"http://{}\" }}\n",
+        "listeners:\n  - addr: 127.0.0.1:0\ntenants: {{ sweep_interval: 1s }}\nauth:\n  api_keys: {{ prefix: sk_sandbox_, live_prefixes: [sk_live_] }}\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n  - name: echo\n    prefix: /echo\n    mode: upstream\n    upstream: {{ url: \"http://{}\" }}\n  - name: status\n    prefix: /status\n    mode: upstream\n    auth: none\n    upstream: {{ url: \"http://{}\" }}\n",
         up.addr, up.addr
     );
     start_gateway(sandbox_dir(&[
@@ -253,4 +253,37 @@ async fn a_deactivated_sandbox_key_stops_working_at_once() {
         "unknown_api_key",
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_background_sweep_marks_expired_sandboxes() {
+    let up = TestUpstream::echo().await;
+    let gw = gateway(&up).await;
+    let (expired, _) = tenant(&gw, None, -60).await;
+    let (active, _) = tenant(&gw, None, 7 * DAY as i64).await;
+    let registry = gw
+        .running
+        .as_ref()
+        .expect("running")
+        .gateway
+        .registry()
+        .clone();
+    let mut marked = None;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        marked = registry
+            .get(&expired)
+            .await
+            .expect("get")
+            .and_then(|t| t.expired_at);
+        if marked.is_some() {
+            break;
+        }
+    }
+    assert!(
+        marked.is_some(),
+        "the sweep (every 1s) marked the expired sandbox"
+    );
+    let active = registry.get(&active).await.expect("get").expect("tenant");
+    assert_eq!(active.expired_at, None, "an active sandbox is left alone");
 }
