@@ -18,6 +18,10 @@ RUN apt-get update \
 COPY --from=build /usr/local/bin/sandgate /usr/local/bin/sandgate
 COPY sandgate.yaml /etc/sandgate/sandgate.yaml
 COPY contracts /etc/sandgate/contracts
+# The built-in issuer generates its signing key (keys/issuer.pem) on first
+# start: give the runtime user a directory it may write. Mount a volume there
+# to keep the key (and the tokens it signed) across container restarts.
+RUN mkdir -p /etc/sandgate/keys && chown 10001:10001 /etc/sandgate/keys
 USER 10001:10001
 # 8080: public listener. 9090: admin (health, readiness, metrics); inside a
 # container it must listen on all interfaces for the orchestrator's probes,
