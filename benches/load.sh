@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Load benchmark: the gateway against nginx on the same machine, same client
-# settings, one run. Drives four targets with wrk and prints req/s, p50, p99
+# settings, one run. Drives six targets with wrk and prints req/s, p50, p99
 # and the gateway/nginx ratios as a markdown table for BENCHMARKS.md:
 #
-#   facade    sandgate, bundled demo: GET /payments/v1/customers/{id} (contract example)
+#   facade    sandgate: GET /payments/v1/customers/{id} (contract example), a public API
+#   facade_key  the same on the bundled demo, with the demo tenant's API key
+#   facade_jwt  the same on the bundled demo, with a token from its built-in issuer
 #   return200 nginx `return 200` with a JSON body of the same size class
 #   upstream  sandgate `upstream` API -> a fast local upstream (nginx return 200)
 #   proxy     nginx `proxy_pass` (keepalive pool) -> the same upstream
@@ -86,22 +88,40 @@ apis:
     prefix: /echo
     mode: upstream
     upstream: { url: "http://127.0.0.1:$P_UP" }
+  - name: payments
+    prefix: /payments
+    contract: contracts/payments.yaml
+    mode: facade
 YAML
+mkdir -p "$WORK/sandbox/contracts" && cp contracts/payments.yaml "$WORK/sandbox/contracts/"
 # Access logs off on both sides (nginx: access_log off).
-SANDGATE_LOG=warn "$BIN" serve --listen 127.0.0.1:$P_FACADE --admin-listen 127.0.0.1:$P_FACADE_ADMIN >/dev/null & PIDS+=($!)
+SANDGATE_LOG=warn "$BIN" serve --listen 127.0.0.1:$P_FACADE --admin-listen 127.0.0.1:$P_FACADE_ADMIN >"$WORK/demo.out" & PIDS+=($!)
 SANDGATE_LOG=warn "$BIN" serve --config "$WORK/sandbox" >/dev/null & PIDS+=($!)
 
 wait_up() { for _ in $(seq 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
-U_FACADE="http://127.0.0.1:$P_FACADE/payments/v1/customers/cus_NffrFeUfNV2Hib"
+U_DEMO="http://127.0.0.1:$P_FACADE/payments/v1/customers/cus_NffrFeUfNV2Hib"
+U_FACADE="http://127.0.0.1:$P_GWUP/payments/v1/customers/cus_NffrFeUfNV2Hib"
 U_NGX="http://127.0.0.1:$P_NGX/v1/customers/cus_NffrFeUfNV2Hib"
 U_GWUP="http://127.0.0.1:$P_GWUP/echo/v1/customers/cus_NffrFeUfNV2Hib"
 U_PROXY="http://127.0.0.1:$P_PROXY/v1/customers/cus_NffrFeUfNV2Hib"
 for u in "$U_FACADE" "$U_NGX" "$U_GWUP" "$U_PROXY"; do wait_up "$u"; done
+# The demo prints its tenant's credentials; get a token with them.
+for _ in $(seq 100); do grep -q '^  client_secret:' "$WORK/demo.out" && break; sleep 0.1; done
+API_KEY=$(awk '/^  API key:/ {print $3}' "$WORK/demo.out")
+CLIENT_ID=$(awk '/^  client_id:/ {print $2}' "$WORK/demo.out")
+CLIENT_SECRET=$(awk '/^  client_secret:/ {print $2}' "$WORK/demo.out")
+TOKEN=$(curl -sf -u "$CLIENT_ID:$CLIENT_SECRET" -d grant_type=client_credentials \
+  "http://127.0.0.1:$P_FACADE/oauth/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+H_KEY="Authorization: Bearer $API_KEY"
+H_JWT="Authorization: Bearer $TOKEN"
+curl -sf -o /dev/null -H "$H_KEY" "$U_DEMO" && curl -sf -o /dev/null -H "$H_JWT" "$U_DEMO" \
+  || { echo "the demo refuses its own credentials" >&2; exit 1; }
 
 # One wrk run: prints "rps p50_ms p99_ms errors" (errors: non-2xx/3xx
 # answers plus socket errors; any error makes the run's figures suspect).
 run() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1" | awk '
+  local url=$1; shift
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /Requests\/sec/ { rps=$2 }
     $1=="50%" { p50=ms($2) }
@@ -112,14 +132,19 @@ run() {
 }
 # Warm-up: connections, pools and caches on every path before measuring.
 for u in "$U_FACADE" "$U_NGX" "$U_GWUP" "$U_PROXY"; do wrk -t1 -c10 -d"$WARMUP" "$u" >/dev/null; done
+wrk -t1 -c10 -d"$WARMUP" -H "$H_KEY" "$U_DEMO" >/dev/null
+wrk -t1 -c10 -d"$WARMUP" -H "$H_JWT" "$U_DEMO" >/dev/null
 
 declare -A SUM_RPS SUM_P50 SUM_P99 ERRORS
-for name in facade return200 upstream proxy; do SUM_RPS[$name]=0; SUM_P50[$name]=0; SUM_P99[$name]=0; ERRORS[$name]=0; done
+TARGETS=(facade facade_key facade_jwt return200 upstream proxy)
+declare -A URL=([facade]="$U_FACADE" [facade_key]="$U_DEMO" [facade_jwt]="$U_DEMO" [return200]="$U_NGX" [upstream]="$U_GWUP" [proxy]="$U_PROXY")
+declare -A HDR=([facade]="X-Bench: 1" [facade_key]="$H_KEY" [facade_jwt]="$H_JWT" [return200]="X-Bench: 1" [upstream]="X-Bench: 1" [proxy]="X-Bench: 1")
+for name in "${TARGETS[@]}"; do SUM_RPS[$name]=0; SUM_P50[$name]=0; SUM_P99[$name]=0; ERRORS[$name]=0; done
 for r in $(seq "$ROUNDS"); do
   # Interleaved rounds, so drift of the machine affects every target alike.
-  for pair in "facade $U_FACADE" "return200 $U_NGX" "upstream $U_GWUP" "proxy $U_PROXY"; do
-    set -- $pair
-    read -r rps p50 p99 err < <(run "$2")
+  for name in "${TARGETS[@]}"; do
+    set -- "$name"
+    read -r rps p50 p99 err < <(run "${URL[$name]}" -H "${HDR[$name]}")
     echo "round $r $1: $rps req/s p50 ${p50}ms p99 ${p99}ms errors $err" >&2
     ERRORS[$1]=$((ERRORS[$1] + err))
     SUM_RPS[$1]=$(python3 -c "print(${SUM_RPS[$1]}+$rps)")
@@ -137,16 +162,17 @@ echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $COMMIT; machine: $(nproc) cores
 echo "load average at start: $LOAD_AT_START; client: wrk -t$THREADS -c$CONNECTIONS -d$DURATION (HTTP/1.1 keep-alive),"
 echo "$ROUNDS interleaved rounds after a $WARMUP warm-up, means shown; servers and client share the $(nproc) cores."
 echo
-declare -A LABEL=([facade]="sandgate facade (demo example)" [return200]="nginx \`return 200\`" [upstream]="sandgate upstream → nginx" [proxy]="nginx \`proxy_pass\` → nginx")
+declare -A LABEL=([facade]="sandgate facade, public API" [facade_key]="sandgate facade, API key (demo)" [facade_jwt]="sandgate facade, JWT (demo, built-in issuer)" [return200]="nginx \`return 200\`" [upstream]="sandgate upstream → nginx" [proxy]="nginx \`proxy_pass\` → nginx")
 echo "| target | req/s | p50 ms | p99 ms | errors |"
 echo "|---|---:|---:|---:|---:|"
-for name in facade return200 upstream proxy; do
+for name in "${TARGETS[@]}"; do
   echo "| ${LABEL[$name]} | $(avg_int ${SUM_RPS[$name]}) | $(avg ${SUM_P50[$name]}) | $(avg ${SUM_P99[$name]}) | ${ERRORS[$name]} |"
 done
 echo
-python3 - "${SUM_RPS[facade]}" "${SUM_RPS[return200]}" "${SUM_RPS[upstream]}" "${SUM_RPS[proxy]}" "${SUM_P99[upstream]}" "${SUM_P99[proxy]}" <<'PY'
+python3 - "${SUM_RPS[facade]}" "${SUM_RPS[return200]}" "${SUM_RPS[upstream]}" "${SUM_RPS[proxy]}" "${SUM_P99[upstream]}" "${SUM_P99[proxy]}" "${SUM_RPS[facade_key]}" "${SUM_RPS[facade_jwt]}" <<'PY'
 import sys
-f, n, u, p, u99, p99 = map(float, sys.argv[1:])
+f, n, u, p, u99, p99, fk, fj = map(float, sys.argv[1:])
 print(f"facade / nginx return 200: {f/n:.2f}x (target >= 1.00)")
+print(f"authenticated facade / nginx return 200: API key {fk/n:.2f}x, JWT {fj/n:.2f}x (target >= 0.90)")
 print(f"upstream / nginx proxy_pass: {u/p:.2f}x (target >= 1.00), p99 {u99/p99:.2f}x of nginx's (target <= 1.00)")
 PY

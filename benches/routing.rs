@@ -128,8 +128,9 @@ fn benches(c: &mut Criterion) {
 criterion_group!(routing, benches, identify_benches);
 criterion_main!(routing);
 
-/// The identify stage for a sandbox API key, resolved from the cache (every
-/// request of a key but the first within the cache's TTL).
+/// The identify stage: a sandbox API key and a JWT resolved from their
+/// caches (every request of a credential but the first), and a token's full
+/// verification the first time it is seen (ES256, RS256).
 fn identify_benches(c: &mut Criterion) {
     use std::sync::Arc;
 
@@ -141,13 +142,32 @@ fn identify_benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let files: &'static [(&'static str, &'static str)] = &[
-        (
-            "sandgate.yaml",
-            "auth: {}\napis:\n  - name: payments\n    prefix: /payments\n    contract: p.yaml\n    mode: facade\n",
-        ),
-        ("p.yaml", include_str!("../contracts/payments.yaml")),
-    ];
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    // Two issuers: ES256 (a fresh P-256 key) and RS256 (a 2048-bit test key).
+    let es_pem = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    let es_key = EncodingKey::from_ec_pem(es_pem.as_bytes()).expect("ES256 key");
+    let rs_key =
+        EncodingKey::from_rsa_pem(include_bytes!("data/rs256-test-key.pem")).expect("RS256 key");
+    let jwks = |key: &EncodingKey, alg| {
+        let mut jwk = Jwk::from_encoding_key(key, alg).expect("jwk");
+        jwk.common.key_id = Some("k1".into());
+        let text = serde_json::to_string(&JwkSet { keys: vec![jwk] }).expect("jwks");
+        &*Box::leak(text.into_boxed_str())
+    };
+    let files: &'static [(&'static str, &'static str)] = Box::leak(
+        vec![
+            (
+                "sandgate.yaml",
+                "auth:\n  issuers:\n    - { issuer: https://es.example, audiences: [https://api.example], jwks: { file: es.json }, algorithms: [ES256] }\n    - { issuer: https://rs.example, audiences: [https://api.example], jwks: { file: rs.json }, algorithms: [RS256] }\napis:\n  - name: payments\n    prefix: /payments\n    contract: p.yaml\n    mode: facade\n",
+            ),
+            ("p.yaml", include_str!("../contracts/payments.yaml")),
+            ("es.json", jwks(&es_key, Algorithm::ES256)),
+            ("rs.json", jwks(&rs_key, Algorithm::RS256)),
+        ]
+        .into_boxed_slice(),
+    );
     let sb = Sandbox::load(&Source::Embedded(files), &Overrides::default()).expect("sandbox loads");
     let registry = Registry::new(Arc::new(MemoryStore::new()));
     let (t, creds) = tenants::new_tenant(
@@ -176,4 +196,57 @@ fn identify_benches(c: &mut Criterion) {
             .map(|p| p.is_some())
         })
     });
+
+    let token = |iss: &str, alg, key: &EncodingKey| {
+        let now = tenants::now_secs();
+        let claims = serde_json::json!({"iss": iss, "aud": "https://api.example", "exp": now + 3600, "iat": now, "sub": "cli_bench", "tenant": t.id, "scope": "payments:read"});
+        let mut h = Header::new(alg);
+        h.kid = Some("k1".into());
+        jsonwebtoken::encode(&h, &claims, key).expect("sign")
+    };
+    let es = token("https://es.example", Algorithm::ES256, &es_key);
+    let rs = token("https://rs.example", Algorithm::RS256, &rs_key);
+    let req = Request::get("/payments/v1/customers/cus_1")
+        .header("authorization", format!("Bearer {es}"))
+        .body(())
+        .expect("request");
+    c.bench_function("identify/jwt ES256, cached", |b| {
+        b.iter(|| {
+            rt.block_on(identify(
+                black_box(api),
+                &sb,
+                req.headers(),
+                None,
+                &registry,
+            ))
+            .map(|p| p.is_some())
+        })
+    });
+    assert!(
+        rt.block_on(identify(api, &sb, req.headers(), None, &registry))
+            .is_ok_and(|p| p.is_some_and(|p| p.tenant.id == t.id)),
+        "the ES256 token identifies its tenant"
+    );
+    // A token seen for the first time: full verification, no cache.
+    for (name, tok) in [("ES256", &es), ("RS256", &rs)] {
+        assert!(
+            rt.block_on(sandgate::jwt::verify(
+                tok,
+                &sb.jwt.issuers,
+                &sb.jwt.production
+            ))
+            .is_ok(),
+            "the {name} token verifies"
+        );
+        c.bench_function(&format!("jwt/verify {name}, cold"), |b| {
+            b.iter(|| {
+                rt.block_on(sandgate::jwt::verify(
+                    black_box(tok),
+                    &sb.jwt.issuers,
+                    &sb.jwt.production,
+                ))
+                .is_ok()
+            })
+        });
+    }
 }
