@@ -210,7 +210,7 @@ async fn an_issuer_down_since_start_gives_503_until_it_answers() {
 }
 
 #[tokio::test]
-async fn a_cached_token_is_not_accepted_past_its_exp() {
+async fn a_cached_token_is_not_accepted_past_its_exp_nor_with_another_signature() {
     let k1 = signing_key("k1");
     let answer: Answer = Arc::new(Mutex::new((200, jwks(&[&k1]))));
     let server = jwks_server(answer).await;
@@ -221,6 +221,13 @@ async fn a_cached_token_is_not_accepted_past_its_exp() {
     for _ in 0..3 {
         assert_eq!(call(&gw, &short).await.status(), 200);
     }
+    // The cache is keyed on the whole token: the same header and claims
+    // with a tampered signature are verified, and refused.
+    let (signed, sig) = short.rsplit_once('.').expect("three parts");
+    let mut sig = sig.as_bytes().to_vec();
+    sig[5] = if sig[5] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("{signed}.{}", String::from_utf8(sig).expect("ascii"));
+    problem(call(&gw, &tampered).await, 401, "bad_signature").await;
     tokio::time::sleep(Duration::from_millis(3100)).await;
     problem(call(&gw, &short).await, 401, "token_expired").await;
 }

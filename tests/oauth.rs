@@ -433,3 +433,70 @@ async fn the_signing_key_is_generated_once_private_and_kept_across_restarts() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn each_credential_reaches_only_its_own_tenant() {
+    let up = common::TestUpstream::echo().await;
+    let config = format!(
+        "{}  - name: echo\n    prefix: /echo\n    mode: upstream\n    upstream: {{ url: \"http://{}\" }}\n",
+        config(),
+        up.addr
+    );
+    let gw = gateway_in(sandbox_dir(&[
+        ("sandgate.yaml", &config),
+        ("contracts/payments.yaml", PAYMENTS),
+    ]))
+    .await;
+    let (a, creds_a) = tenant(&gw, DAY).await;
+    let (b, creds_b) = tenant(&gw, DAY).await;
+    let c = common::client();
+    let token_of = |creds: &Credentials| {
+        form(&c, &gw, "grant_type=client_credentials")
+            .basic_auth(&creds.client_id, Some(&creds.client_secret))
+    };
+    let mut calls = Vec::new();
+    for (t, creds) in [(&a, &creds_a), (&b, &creds_b)] {
+        let tok: Value = token_of(creds)
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("JSON");
+        let tok = tok["access_token"].as_str().expect("token").to_owned();
+        calls.push((t.id.clone(), format!("Bearer {tok}")));
+        calls.push((t.id.clone(), format!("Bearer {}", creds.api_key)));
+    }
+    let other = |id: &str| {
+        if id == a.id {
+            b.id.clone()
+        } else {
+            a.id.clone()
+        }
+    };
+    for (owner, auth) in &calls {
+        // The caller also claims the other tenant in the header the backend trusts.
+        let resp = c
+            .get(gw.url("/echo/v1/whoami"))
+            .header("authorization", auth)
+            .header("x-sandgate-tenant", other(owner))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), calls.len());
+    for ((owner, _), s) in calls.iter().zip(&seen) {
+        let tenants: Vec<_> = s.headers.get_all("x-sandgate-tenant").iter().collect();
+        assert_eq!(
+            tenants,
+            vec![owner.as_str()],
+            "the backend learns exactly the credential's tenant"
+        );
+        assert!(
+            !s.headers.contains_key("authorization"),
+            "credentials are not forwarded"
+        );
+    }
+}

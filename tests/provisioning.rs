@@ -97,7 +97,9 @@ async fn the_whole_lifecycle() {
     let dir = sandbox_dir(&[
         (
             "sandgate.yaml",
-            &config("tenants:\n  max_active_sandboxes: 2\n"),
+            &config(
+                "tenants:\n  max_active_sandboxes: 2\nauth:\n  builtin_issuer:\n    signing_key: keys/issuer.pem\n",
+            ),
         ),
         ("contracts/payments.yaml", PAYMENTS),
     ]);

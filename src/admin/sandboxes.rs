@@ -236,7 +236,13 @@ async fn create(
             "client_id": creds.client_id,
             "client_secret": creds.client_secret,
             "api_key": creds.api_key,
-            "token_url": format!("{}/oauth/token", sandbox.public_url),
+            // Only where the built-in issuer runs; otherwise tokens come
+            // from the sandbox's own identity provider.
+            "token_url": sandbox.builtin_issuer.as_ref().map(|b| format!(
+                "{}{}",
+                b.issuer.trim_end_matches('/'),
+                crate::issuer::TOKEN_PATH
+            )),
         },
         "expires_at": rfc3339(tenant.expires_at),
         "status": "ready",
