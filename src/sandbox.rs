@@ -65,6 +65,9 @@ pub struct Api {
 /// The compiled sandbox.
 #[derive(Debug)]
 pub struct Sandbox {
+    /// Process-unique id of this compiled configuration (caches keyed on
+    /// what it decided are keyed on it too).
+    pub id: u64,
     /// Hosts served, lower-case; empty means any.
     pub hosts: Vec<String>,
     /// APIs, longest prefix first.
@@ -244,7 +247,9 @@ impl Sandbox {
             .map(|a| (a.name.to_string(), a.prefix.clone()))
             .collect();
         apis.sort_by_key(|a| std::cmp::Reverse(a.prefix.len()));
+        static SANDBOX_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Sandbox {
+            id: SANDBOX_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             hosts: config
                 .hosts
                 .iter()

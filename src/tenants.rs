@@ -105,7 +105,8 @@ fn random_hex(rng: &SystemRandom) -> Result<String, StoreError> {
     Ok(hex(&b))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -191,7 +192,10 @@ pub fn new_id() -> String {
 /// How long a resolved API key is served from memory. Deactivation through
 /// this registry takes effect at once (the entry is dropped); a change made
 /// by another replica is seen within this time.
-const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Source of [`Registry::id`]s.
+static REGISTRY_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Tenants in a store, with a bounded cache of resolved API keys so the
 /// identify stage does not read and decode a record on every request.
@@ -200,6 +204,11 @@ pub struct Registry {
     store: SharedStore,
     by_key: moka::sync::Cache<String, std::sync::Arc<Tenant>>,
     by_id: moka::sync::Cache<String, std::sync::Arc<Tenant>>,
+    /// Tells this registry apart from others in the same process.
+    id: u64,
+    /// Bumped by every change made through this registry, so per-worker
+    /// caches (see `pipeline::identify`) can drop what they hold at once.
+    generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn corrupt(e: serde_json::Error) -> StoreError {
@@ -213,13 +222,30 @@ impl Registry {
             store,
             by_key: moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(KEY_CACHE_TTL)
+                .time_to_live(CACHE_TTL)
                 .build(),
             by_id: moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(KEY_CACHE_TTL)
+                .time_to_live(CACHE_TTL)
                 .build(),
+            id: REGISTRY_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            generation: std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
         }
+    }
+
+    /// This registry's process-unique id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Changes made through this registry so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The underlying store.
@@ -251,6 +277,7 @@ impl Registry {
         // After the writes, so a concurrent lookup cannot re-cache the old record.
         self.by_key.invalidate(&t.api_key_sha256);
         self.by_id.invalidate(&t.id);
+        self.changed();
         Ok(())
     }
 
@@ -360,6 +387,7 @@ impl Registry {
         self.store.put(&tenant_key(&t.id), json, None).await?;
         self.by_key.invalidate(&t.api_key_sha256);
         self.by_id.invalidate(&t.id);
+        self.changed();
         Ok(t)
     }
 

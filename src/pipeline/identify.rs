@@ -16,7 +16,7 @@ use rustls::pki_types::CertificateDer;
 use crate::jwt;
 use crate::refusal::{Refusal, Stage};
 use crate::sandbox::{Api, Sandbox};
-use crate::tenants::{Registry, Tenant, sha256_hex};
+use crate::tenants::{Registry, Tenant};
 
 /// How the caller proved who it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,15 +40,15 @@ impl Via {
     }
 }
 
-/// An identified caller.
+/// An identified caller. Cheap to clone (reference-counted parts).
 #[derive(Clone, Debug)]
 pub struct Principal {
     /// The tenant's record.
     pub tenant: Arc<Tenant>,
     /// The client (the OAuth client id for API keys too).
-    pub client: String,
+    pub client: Arc<str>,
     /// Granted scopes (API keys carry none: full access to the sandbox).
-    pub scopes: Vec<String>,
+    pub scopes: Arc<[String]>,
     /// How it was proved.
     pub via: Via,
 }
@@ -81,9 +81,9 @@ pub async fn identify(
     peer: Option<&[CertificateDer<'static>]>,
     registry: &Registry,
 ) -> Result<Option<Principal>, Refusal> {
-    let Some(keys) = sandbox.api_keys.as_ref().filter(|_| api.auth_required) else {
+    if sandbox.api_keys.is_none() || !api.auth_required {
         return Ok(None);
-    };
+    }
     let Some(cred) = credential(headers) else {
         // No credential header: a verified client certificate can stand in.
         if let (Some(kind), Some(leaf)) = (sandbox.mtls_identity, peer.and_then(<[_]>::first)) {
@@ -91,8 +91,30 @@ pub async fn identify(
         }
         return Err(missing(api, sandbox));
     };
+    // The common case: a credential this worker resolved moments ago.
+    let digest = local::digest(cred);
+    if let Some(p) = local::get(registry, sandbox, &digest) {
+        return Ok(Some(p));
+    }
+    let (principal, exp) = identify_credential(api, sandbox, cred, &digest, registry).await?;
+    local::put(registry, sandbox, digest, &principal, exp);
+    Ok(Some(principal))
+}
+
+/// Resolves a credential header (JWT or API key) through the shared caches
+/// and the store; returns the principal and, for a token, its `exp`.
+async fn identify_credential(
+    api: &Api,
+    sandbox: &Sandbox,
+    cred: &str,
+    digest: &[u8; 32],
+    registry: &Registry,
+) -> Result<(Principal, Option<u64>), Refusal> {
+    let Some(keys) = sandbox.api_keys.as_ref() else {
+        return Err(Refusal::Internal);
+    };
     if jwt::looks_like_jwt(cred) && !sandbox.jwt.is_empty() {
-        return identify_jwt(cred, sandbox, registry).await.map(Some);
+        return identify_jwt(cred, sandbox, registry).await;
     }
     if keys
         .live_prefixes
@@ -110,7 +132,7 @@ pub async fn identify(
         });
     }
     let tenant = registry
-        .by_api_key_hash(&sha256_hex(cred))
+        .by_api_key_hash(&crate::tenants::hex(digest))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "store failed while identifying a caller");
@@ -119,12 +141,15 @@ pub async fn identify(
             }
         })?
         .ok_or(Refusal::UnknownApiKey)?;
-    Ok(Some(Principal {
-        client: tenant.client_id.clone(),
-        tenant,
-        scopes: Vec::new(),
-        via: Via::ApiKey,
-    }))
+    Ok((
+        Principal {
+            client: Arc::from(tenant.client_id.as_str()),
+            tenant,
+            scopes: Arc::from([]),
+            via: Via::ApiKey,
+        },
+        None,
+    ))
 }
 
 /// The refusal for a request without credentials: what this sandbox
@@ -170,7 +195,7 @@ async fn identify_jwt(
     token: &str,
     sandbox: &Sandbox,
     registry: &Registry,
-) -> Result<Principal, Refusal> {
+) -> Result<(Principal, Option<u64>), Refusal> {
     let token = sandbox.jwt.verify(token).await?;
     let tenant = registry
         .by_id(&token.tenant)
@@ -183,12 +208,15 @@ async fn identify_jwt(
         })?
         .filter(|t| t.deactivated_at.is_none())
         .ok_or(Refusal::UnknownTenant)?;
-    Ok(Principal {
-        tenant,
-        client: token.client.clone(),
-        scopes: token.scopes.clone(),
-        via: Via::Jwt,
-    })
+    Ok((
+        Principal {
+            tenant,
+            client: Arc::from(token.client.as_str()),
+            scopes: Arc::from(token.scopes.as_slice()),
+            via: Via::Jwt,
+        },
+        Some(token.exp),
+    ))
 }
 
 /// A verified client certificate → its tenant.
@@ -211,9 +239,96 @@ async fn identify_mtls(
             field: kind.as_str(),
         })?;
     Ok(Principal {
-        client: identity,
+        client: Arc::from(identity),
         tenant: Arc::new(tenant),
-        scopes: Vec::new(),
+        scopes: Arc::from([]),
         via: Via::Mtls,
     })
+}
+
+/// A small per-worker cache of resolved credentials, in front of the shared
+/// caches: a hit costs one SHA-256 and one lookup in a map only this thread
+/// touches, and hands out a tenant record whose reference count only this
+/// thread changes (a shared one would bounce between the cores on every
+/// request).
+///
+/// An entry is used only while the registry has seen no change since it was
+/// made (so a deactivation on this replica takes effect at once), for at
+/// most a second (so a change made by another replica is seen
+/// within a second of the shared caches' TTL), never past its token's
+/// `exp`, and only for the sandbox configuration it was made under.
+mod local {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::Principal;
+    use crate::sandbox::Sandbox;
+    use crate::tenants::Registry;
+
+    /// Most entries per worker; when full, the map is cleared.
+    const MAX_ENTRIES: usize = 4096;
+    /// How long an entry is used.
+    const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    struct Entry {
+        principal: Principal,
+        generation: u64,
+        until: Instant,
+        exp: Option<u64>,
+    }
+
+    /// (registry, sandbox, SHA-256 of the credential).
+    type Key = (u64, u64, [u8; 32]);
+
+    thread_local! {
+        static ENTRIES: RefCell<HashMap<Key, Entry>> = RefCell::new(HashMap::new());
+    }
+
+    /// SHA-256 of a credential.
+    pub fn digest(cred: &str) -> [u8; 32] {
+        let d = ring::digest::digest(&ring::digest::SHA256, cred.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    pub fn get(registry: &Registry, sandbox: &Sandbox, digest: &[u8; 32]) -> Option<Principal> {
+        let key = (registry.id(), sandbox.id, *digest);
+        ENTRIES.with(|m| {
+            let m = m.borrow();
+            let e = m.get(&key)?;
+            let fresh = e.generation == registry.generation()
+                && Instant::now() < e.until
+                && e.exp.is_none_or(|exp| crate::tenants::now_secs() < exp);
+            fresh.then(|| e.principal.clone())
+        })
+    }
+
+    pub fn put(
+        registry: &Registry,
+        sandbox: &Sandbox,
+        digest: [u8; 32],
+        principal: &Principal,
+        exp: Option<u64>,
+    ) {
+        let entry = Entry {
+            // This thread's own copy of the record.
+            principal: Principal {
+                tenant: Arc::new((*principal.tenant).clone()),
+                ..principal.clone()
+            },
+            generation: registry.generation(),
+            until: Instant::now() + TTL,
+            exp,
+        };
+        ENTRIES.with(|m| {
+            let mut m = m.borrow_mut();
+            if m.len() >= MAX_ENTRIES {
+                m.clear();
+            }
+            m.insert((registry.id(), sandbox.id, digest), entry);
+        });
+    }
 }
