@@ -18,6 +18,16 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// A request body on its way to dispatch: still streaming from the client,
+/// or already read whole (by the validate stage, within the body limit).
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Not read yet.
+    Streaming(hyper::body::Incoming),
+    /// Read.
+    Read(Bytes),
+}
+
 /// An empty body.
 pub fn empty() -> Body {
     Empty::<Bytes>::new()

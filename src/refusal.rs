@@ -25,6 +25,8 @@ pub enum Stage {
     Identify,
     /// Tenant status and plan.
     Admit,
+    /// The request against the API's contract.
+    Validate,
     /// Producing the answer: facade or upstream.
     Dispatch,
     /// The internal admin listener.
@@ -39,6 +41,7 @@ impl Stage {
             Stage::Route => "route",
             Stage::Identify => "identify",
             Stage::Admit => "admit",
+            Stage::Validate => "validate",
             Stage::Dispatch => "dispatch",
             Stage::Admin => "admin",
         }
@@ -214,6 +217,26 @@ pub enum Refusal {
         /// The issuer.
         issuer: String,
     },
+    /// The request does not match its operation in the contract.
+    InvalidRequest {
+        /// The API.
+        api: String,
+        /// The operation.
+        operation: String,
+        /// Every violation found (at most 50).
+        errors: Vec<crate::contract::schema::Violation>,
+    },
+    /// A request body of a media type the operation does not take.
+    UnsupportedMediaType {
+        /// The API.
+        api: String,
+        /// The operation.
+        operation: String,
+        /// The request's media type (empty when it sent none).
+        got: String,
+        /// The media types the operation takes.
+        accepted: Vec<String>,
+    },
     /// The issuer's key set (fetched from its URL) has never been
     /// obtained: the issuer has been unreachable since the gateway started.
     IssuerKeysUnavailable {
@@ -347,6 +370,8 @@ impl Refusal {
             Refusal::AlgorithmNotAllowed { .. } => "algorithm_not_allowed",
             Refusal::UnknownKey { .. } => "unknown_key",
             Refusal::IssuerKeysUnavailable { .. } => "issuer_keys_unavailable",
+            Refusal::InvalidRequest { .. } => "invalid_request",
+            Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
             Refusal::BadSignature => "bad_signature",
             Refusal::TokenExpired { .. } => "token_expired",
             Refusal::TokenNotYetValid { .. } => "token_not_yet_valid",
@@ -407,7 +432,8 @@ impl Refusal {
                 StatusCode::FORBIDDEN
             }
             Refusal::SandboxDeactivated { .. } => StatusCode::CONFLICT,
-            Refusal::InvalidBody { .. } => StatusCode::BAD_REQUEST,
+            Refusal::InvalidBody { .. } | Refusal::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Refusal::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::ExtensionLimit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::CapacityReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -458,6 +484,9 @@ impl Refusal {
             | Refusal::MalformedToken { .. }
             | Refusal::UnknownTenant => Stage::Identify,
             Refusal::SandboxExpired { .. } | Refusal::FeatureNotEnabled { .. } => Stage::Admit,
+            Refusal::InvalidRequest { .. } | Refusal::UnsupportedMediaType { .. } => {
+                Stage::Validate
+            }
             Refusal::AdminNotFound { .. }
             | Refusal::AdminTokenUnset { .. }
             | Refusal::AdminUnauthorized
@@ -500,6 +529,8 @@ impl Refusal {
             Refusal::AlgorithmNotAllowed { .. } => "Token algorithm not allowed",
             Refusal::UnknownKey { .. } => "Token signed by an unknown key",
             Refusal::IssuerKeysUnavailable { .. } => "Issuer's keys unavailable",
+            Refusal::InvalidRequest { .. } => "Request does not match the contract",
+            Refusal::UnsupportedMediaType { .. } => "Unsupported media type",
             Refusal::BadSignature => "Token signature invalid",
             Refusal::TokenExpired { .. } => "Token expired",
             Refusal::TokenNotYetValid { .. } => "Token not yet valid",
@@ -563,6 +594,9 @@ impl Refusal {
             }
             Refusal::SandboxExpired { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::FeatureNotEnabled { .. } => Some("features_enabled".into()),
+            Refusal::InvalidRequest { api, .. } | Refusal::UnsupportedMediaType { api, .. } => {
+                Some(format!("apis.{api}.validate"))
+            }
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
@@ -676,6 +710,34 @@ impl Refusal {
             Refusal::UnknownKey { issuer } => {
                 format!("The token's signing key is not in the key set of '{issuer}'.")
             }
+            Refusal::InvalidRequest {
+                api,
+                operation,
+                errors,
+            } => {
+                let first = errors
+                    .first()
+                    .map(|e| format!(" First: {} at {}.", e.message, e.pointer))
+                    .unwrap_or_default();
+                format!(
+                    "The request to operation '{operation}' of API '{api}' does not match the contract: {} problem(s), each listed in `errors`.{first}",
+                    errors.len()
+                )
+            }
+            Refusal::UnsupportedMediaType {
+                api,
+                operation,
+                got,
+                accepted,
+            } => format!(
+                "Operation '{operation}' of API '{api}' takes {} bodies, not {}.",
+                accepted.join(" or "),
+                if got.is_empty() {
+                    "a body without Content-Type".to_owned()
+                } else {
+                    format!("'{got}'")
+                }
+            ),
             Refusal::IssuerKeysUnavailable { issuer } => format!(
                 "The key set of '{issuer}' could not be fetched since the gateway started, so no token of it can be verified yet."
             ),
@@ -844,6 +906,13 @@ impl Refusal {
                 "Deactivate sandboxes that are no longer used (DELETE /internal/sandboxes/{id}), or raise tenants.max_active_sandboxes.".into()
             }
             Refusal::StoreUnavailable { .. } => "Retry shortly; if it persists, check the store.".into(),
+            Refusal::InvalidRequest { .. } => {
+                "Fix each field listed in `errors` (its `pointer` says where: /path, /query, /header or /body); the API's contract is the reference.".into()
+            }
+            Refusal::UnsupportedMediaType { accepted, .. } => format!(
+                "Send the body as {} with a matching Content-Type.",
+                accepted.join(" or ")
+            ),
             Refusal::IssuerKeysUnavailable { .. } => {
                 "Retry shortly; if it persists, tell the sandbox operators their token issuer's key set URL is unreachable.".into()
             }
@@ -894,6 +963,16 @@ impl Refusal {
             }
             Refusal::MethodNotAllowed { allow, .. } => {
                 body.insert("allow".into(), json!(allow));
+            }
+            Refusal::InvalidRequest { errors, .. } => {
+                let list: Vec<Value> = errors
+                    .iter()
+                    .map(|e| json!({"pointer": e.pointer, "message": e.message, "keyword": e.keyword}))
+                    .collect();
+                body.insert("errors".into(), Value::Array(list));
+            }
+            Refusal::UnsupportedMediaType { accepted, .. } => {
+                body.insert("accepted".into(), json!(accepted));
             }
             Refusal::InvalidBody { errors } => {
                 let list: Vec<Value> = errors

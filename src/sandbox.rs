@@ -58,6 +58,8 @@ pub struct Api {
     pub max_body_rule: String,
     /// Whether callers must present sandbox credentials.
     pub auth_required: bool,
+    /// What the validate stage does.
+    pub validate: crate::config::ValidateMode,
     /// Pre-registered metric handles (no per-request label hashing).
     pub metrics: ApiMetrics,
 }
@@ -236,6 +238,7 @@ impl Sandbox {
                 max_body,
                 max_body_rule,
                 auth_required: config.auth.is_some() && a.auth != Some(ApiAuth::None),
+                validate: a.validate,
             });
         }
         if !errors.is_empty() {

@@ -54,13 +54,17 @@ fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-/// A typical request body for a write (the facade answers the example
-/// whatever the body; sending one proves bodies are read and accepted).
-fn body_for(method: &Method) -> Option<(&'static str, &'static str)> {
-    matches!(*method, Method::POST | Method::PUT | Method::PATCH).then_some((
-        "application/x-www-form-urlencoded",
-        "metadata[order_id]=6735",
-    ))
+/// A valid form body for a write of the demo contract (the facade answers
+/// the example; sending one proves bodies are read, checked and accepted).
+fn body_for(method: &Method, template: &str) -> Option<(&'static str, &'static str)> {
+    let body = match template {
+        "/v1/payment_intents" => "amount=2000&currency=usd&metadata[order_id]=6735",
+        "/v1/refunds" => "payment_intent=pi_3MtwBwLkdIwHu7ix28a3tqPa&amount=500",
+        "/v1/payment_intents/{intent}/confirm" => "payment_method=pm_card_visa",
+        _ => "metadata[order_id]=6735",
+    };
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+        .then_some(("application/x-www-form-urlencoded", body))
 }
 
 #[tokio::test]
@@ -83,7 +87,7 @@ async fn every_operation_answers_its_prepared_example_over_h1_and_h2c() {
                 .unwrap_or_else(|| panic!("demo operation {} documents an example", op.id));
             let url = gw.url(&format!("/payments{}", concrete(&op.template)));
             let mut req = client.request(op.method.clone(), &url);
-            if let Some((ct, body)) = body_for(&op.method) {
+            if let Some((ct, body)) = body_for(&op.method, &op.template) {
                 req = req.header("content-type", ct).body(body);
             }
             let resp = req.send().await.expect("request");

@@ -453,10 +453,30 @@ pub struct ApiConfig {
     pub strip_prefix: bool,
     /// Largest request body accepted for this API (overrides `limits.max_body`).
     pub max_body: Option<ByteSize>,
+    /// Checking requests against the contract: `enforce` (refuse what does
+    /// not match: 400 `invalid_request`, 415 `unsupported_media_type`),
+    /// `report` (let it through, with a `Sandgate-Validation` header
+    /// listing what is wrong) or `off`. Default: `enforce`. Without a
+    /// contract there is nothing to check.
+    #[serde(default)]
+    pub validate: ValidateMode,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// What the validate stage does with a request that does not match the contract.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidateMode {
+    /// Refuse it.
+    #[default]
+    Enforce,
+    /// Let it through, saying what is wrong in a response header.
+    Report,
+    /// Do not check.
+    Off,
 }
 
 /// The backend of an `upstream` API.

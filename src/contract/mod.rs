@@ -3,7 +3,9 @@
 //! matchit) and the documented examples the facade answers with.
 
 mod examples;
+pub mod request;
 mod router;
+pub mod schema;
 
 use std::path::Path;
 
@@ -26,6 +28,8 @@ pub struct Operation {
     /// The answer the facade gives: the example of the lowest documented 2xx
     /// response, prepared once at load. `None` when the contract has none.
     pub example: Option<PreparedResponse>,
+    /// What the operation accepts (parameters and body), compiled.
+    pub request: request::RequestSpec,
 }
 
 /// A loaded, compiled OpenAPI contract.
@@ -104,6 +108,7 @@ impl Contract {
 
         let mut errors = Vec::new();
         let mut operations = Vec::new();
+        let components = std::sync::Arc::new(schema::components(&doc, schema::Direction::Request));
         let mut routes = Vec::new();
         if let Some(paths) = doc.get("paths").and_then(Value::as_object) {
             for (template, item) in paths {
@@ -124,12 +129,21 @@ impl Contract {
                             None
                         }
                     };
+                    let request = match request::RequestSpec::build(&doc, item, op, &components) {
+                        Ok(r) => r,
+                        Err(m) => {
+                            let pointer = format!("/paths/{}/{key}", escape_pointer(template));
+                            errors.push(ConfigError::new(file, 0, format!("at {pointer}: {m}")));
+                            continue;
+                        }
+                    };
                     ops.push((method.clone(), operations.len()));
                     operations.push(Operation {
                         id,
                         method: method.clone(),
                         template: template.clone(),
                         example,
+                        request,
                     });
                 }
                 routes.push((template.clone(), ops));

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
+use http::Response;
+use http::request::Parts;
 
 use super::RequestFacts;
 use super::identify::Principal;
 use super::route::Routed;
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::config::Mode;
 use crate::edge;
 use crate::refusal::Refusal;
@@ -40,19 +40,21 @@ impl AnswerSource {
 /// Answers a routed request.
 pub async fn dispatch(
     routed: Routed<'_>,
-    req: Request<Incoming>,
+    parts: Parts,
+    body: RequestBody,
     conn: &Arc<ConnInfo>,
     principal: Option<&Principal>,
     facts: &mut RequestFacts,
 ) -> Result<Response<Body>, Refusal> {
     let api = routed.api;
-    edge::check_content_length(req.headers(), api.max_body, &api.max_body_rule)?;
+    edge::check_content_length(&parts.headers, api.max_body, &api.max_body_rule)?;
     match api.mode {
         Mode::Facade => {
             // The body is read (within its limit) even though examples don't
             // use it yet, so an oversized chunked upload is refused, not ignored.
-            let (_parts, body) = req.into_parts();
-            edge::read_body(body, api.max_body, &api.max_body_rule).await?;
+            if let RequestBody::Streaming(body) = body {
+                edge::read_body(body, api.max_body, &api.max_body_rule).await?;
+            }
             facts.source = Some(AnswerSource::Example);
             let Some(op) = api
                 .contract
@@ -72,8 +74,9 @@ pub async fn dispatch(
             let fwd = Forwarded {
                 client_ip: conn.remote.ip(),
                 proto: if conn.tls { "https" } else { "http" },
-                host: req.headers().get(http::header::HOST).cloned().or_else(|| {
-                    req.uri()
+                host: parts.headers.get(http::header::HOST).cloned().or_else(|| {
+                    parts
+                        .uri
                         .authority()
                         .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
                 }),
@@ -81,7 +84,14 @@ pub async fn dispatch(
                 tenant: principal.map(|p| p.tenant.id.as_str()),
             };
             upstream
-                .forward(req, routed.strip, api.max_body, &api.max_body_rule, fwd)
+                .forward(
+                    parts,
+                    body,
+                    routed.strip,
+                    api.max_body,
+                    &api.max_body_rule,
+                    fwd,
+                )
                 .await
         }
     }

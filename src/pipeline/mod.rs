@@ -8,7 +8,7 @@
 //! identify  credentials → principal (JWT, API key, client certificate)
 //! admit     tenant active and not expired; its sandbox includes the API
 //! limit     rate and quota                              (coming: limits issue)
-//! validate  request against the contract                (coming: facade issue)
+//! validate  request against the contract: params, body
 //! dispatch  facade answer or upstream proxy
 //! ```
 //!
@@ -20,6 +20,7 @@ pub mod admit;
 pub mod dispatch;
 pub mod identify;
 pub mod route;
+pub mod validate;
 
 use std::sync::Arc;
 
@@ -83,7 +84,16 @@ pub async fn run(
         admit::admit(routed.api, p, crate::tenants::now_secs())?;
         facts.tenant = Some(p.tenant.id.clone());
     }
-    // limit, validate: added by the limits and facade issues, in this order, here.
+    // limit: added by the limits issue, here.
+    // validate: the request against the contract (reads a documented body).
+    let (parts, body) = req.into_parts();
+    let (body, report) =
+        validate::validate(&routed, &parts, crate::body::RequestBody::Streaming(body)).await?;
     // dispatch: answer from the facade or forward to the backend.
-    dispatch::dispatch(routed, req, conn, principal.as_ref(), facts).await
+    let mut resp = dispatch::dispatch(routed, parts, body, conn, principal.as_ref(), facts).await?;
+    if let Some(report) = report {
+        resp.headers_mut()
+            .insert(validate::SANDGATE_VALIDATION, report);
+    }
+    Ok(resp)
 }

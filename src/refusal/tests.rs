@@ -110,6 +110,17 @@ async fn every_refusal_has_the_problem_shape() {
         Refusal::IssuerKeysUnavailable {
             issuer: "https://auth.sandbox.example.com".into(),
         },
+        Refusal::InvalidRequest {
+            api: "payments".into(),
+            operation: "createPaymentIntent".into(),
+            errors: vec![sandgate_violation()],
+        },
+        Refusal::UnsupportedMediaType {
+            api: "payments".into(),
+            operation: "createPaymentIntent".into(),
+            got: "text/plain".into(),
+            accepted: vec!["application/x-www-form-urlencoded".into()],
+        },
         Refusal::BadSignature,
         Refusal::TokenExpired {
             at: "2026-01-01T00:00:00Z".into(),
@@ -201,4 +212,12 @@ async fn method_not_allowed_sets_allow() {
     assert_eq!(headers[header::ALLOW], "GET, POST");
     assert_eq!(body["rule"], "apis.payments.contract");
     assert_eq!(body["allow"], json!(["GET", "POST"]));
+}
+
+fn sandgate_violation() -> crate::contract::schema::Violation {
+    crate::contract::schema::Violation {
+        pointer: "/body/amount".into(),
+        message: "\"x\" is not of type \"integer\"".into(),
+        keyword: "type".into(),
+    }
 }

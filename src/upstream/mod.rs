@@ -13,7 +13,6 @@ use std::sync::{Arc, OnceLock};
 
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -154,13 +153,13 @@ impl Upstream {
     /// prefix), and returns the backend's response with its body streaming.
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut parts: http::request::Parts,
+        body: crate::body::RequestBody,
         strip: usize,
         max_body: u64,
         max_body_rule: &str,
         fwd: Forwarded<'_>,
     ) -> Result<Response<Body>, Refusal> {
-        let (mut parts, body) = req.into_parts();
         let path = match parts.uri.path().get(strip..) {
             Some("") | None => "/",
             Some(rest) => rest,
@@ -188,12 +187,15 @@ impl Upstream {
         // stream, and the exchange fails with that reset, not the body error.
         let noted = Arc::new(OnceLock::new());
         let note = noted.clone();
-        let body: Body = Limited::new(body, limit)
-            .map_err(move |e| -> BoxError {
-                let _ = note.set(ClientBody::of(&e));
-                Box::new(ClientBodyError(e))
-            })
-            .boxed();
+        let body: Body = match body {
+            crate::body::RequestBody::Streaming(body) => Limited::new(body, limit)
+                .map_err(move |e| -> BoxError {
+                    let _ = note.set(ClientBody::of(&e));
+                    Box::new(ClientBodyError(e))
+                })
+                .boxed(),
+            crate::body::RequestBody::Read(bytes) => crate::body::full(bytes),
+        };
         let req = Request::from_parts(parts, body);
 
         let api = || self.api.to_string();

@@ -1,0 +1,304 @@
+//! OpenAPI 3.0 Schema Objects → JSON Schema (2020-12), compiled once per
+//! operation with the `jsonschema` crate.
+//!
+//! OpenAPI 3.0's schema dialect differs from JSON Schema in a few places,
+//! each rewritten here: `nullable: true` becomes a `null` type (or a `null`
+//! branch), boolean `exclusiveMinimum`/`exclusiveMaximum` become the numeric
+//! form, and in request schemas `readOnly` properties are not required.
+//! `discriminator`, `xml`, `example` and other annotations are dropped
+//! (`oneOf`/`anyOf` do the selecting). `$ref`s to `#/components/…` resolve
+//! against the contract's own components, converted the same way and
+//! embedded in each compiled schema's root.
+
+use serde_json::{Map, Value};
+
+/// Which side of the exchange a schema describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// A request (readOnly properties are not required).
+    Request,
+    /// A response (writeOnly properties are not required).
+    Response,
+}
+
+/// Keywords whose value is a schema.
+const SCHEMA_KEYWORDS: [&str; 4] = ["items", "not", "additionalProperties", "additionalItems"];
+/// Keywords whose value is a list of schemas.
+const SCHEMA_LISTS: [&str; 3] = ["allOf", "anyOf", "oneOf"];
+/// OpenAPI-only keywords with no JSON Schema meaning.
+const DROPPED: [&str; 7] = [
+    "nullable",
+    "discriminator",
+    "xml",
+    "externalDocs",
+    "example",
+    "deprecated",
+    "x-sandgate-differentiator",
+];
+
+/// Converts one OpenAPI schema (recursively).
+pub fn convert(schema: &Value, dir: Direction) -> Value {
+    let Value::Object(obj) = schema else {
+        return schema.clone();
+    };
+    let mut out = Map::new();
+    for (k, v) in obj {
+        if DROPPED.contains(&k.as_str()) {
+            continue;
+        }
+        let v = if SCHEMA_KEYWORDS.contains(&k.as_str()) {
+            convert(v, dir)
+        } else if SCHEMA_LISTS.contains(&k.as_str()) {
+            match v {
+                Value::Array(list) => Value::Array(list.iter().map(|s| convert(s, dir)).collect()),
+                other => other.clone(),
+            }
+        } else if k == "properties" || k == "patternProperties" {
+            match v {
+                Value::Object(props) => Value::Object(
+                    props
+                        .iter()
+                        .map(|(name, s)| (name.clone(), convert(s, dir)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            }
+        } else {
+            v.clone()
+        };
+        out.insert(k.clone(), v);
+    }
+    // Boolean exclusive bounds (JSON Schema draft 4 style) → numeric.
+    for (flag, bound) in [
+        ("exclusiveMinimum", "minimum"),
+        ("exclusiveMaximum", "maximum"),
+    ] {
+        match out.get(flag) {
+            Some(Value::Bool(true)) => {
+                if let Some(b) = out.remove(bound) {
+                    out.insert(flag.into(), b);
+                } else {
+                    out.remove(flag);
+                }
+            }
+            Some(Value::Bool(false)) => {
+                out.remove(flag);
+            }
+            _ => {}
+        }
+    }
+    // Properties the other side writes are not required from this one.
+    let hidden = match dir {
+        Direction::Request => "readOnly",
+        Direction::Response => "writeOnly",
+    };
+    if let (Some(Value::Object(props)), Some(Value::Array(required))) =
+        (obj.get("properties"), out.get("required").cloned())
+    {
+        let kept: Vec<Value> = required
+            .into_iter()
+            .filter(|r| {
+                r.as_str()
+                    .and_then(|n| props.get(n))
+                    .and_then(|p| p.get(hidden))
+                    .and_then(Value::as_bool)
+                    != Some(true)
+            })
+            .collect();
+        out.insert("required".into(), Value::Array(kept));
+    }
+    if obj.get("nullable").and_then(Value::as_bool) == Some(true) {
+        return nullable(out);
+    }
+    Value::Object(out)
+}
+
+/// A converted schema that also accepts `null`.
+fn nullable(mut out: Map<String, Value>) -> Value {
+    if let Some(Value::Array(values)) = out.get_mut("enum")
+        && !values.contains(&Value::Null)
+    {
+        values.push(Value::Null);
+    }
+    match out.get("type").cloned() {
+        Some(Value::String(t)) => {
+            out.insert("type".into(), Value::Array(vec![t.into(), "null".into()]));
+            Value::Object(out)
+        }
+        Some(Value::Array(mut ts)) => {
+            if !ts.iter().any(|t| t == "null") {
+                ts.push("null".into());
+            }
+            out.insert("type".into(), Value::Array(ts));
+            Value::Object(out)
+        }
+        _ => serde_json::json!({"anyOf": [Value::Object(out), {"type": "null"}]}),
+    }
+}
+
+/// The root a schema is compiled under: the schema itself, plus the
+/// contract's converted `components` so that `#/components/…` references
+/// resolve.
+pub fn rooted(schema: Value, components: &Value) -> Value {
+    match schema {
+        Value::Object(mut obj) => {
+            if !components.is_null() {
+                obj.insert("components".into(), components.clone());
+            }
+            Value::Object(obj)
+        }
+        other => other,
+    }
+}
+
+/// The contract's `components`, with every schema converted for `dir`.
+pub fn components(doc: &Value, dir: Direction) -> Value {
+    let Some(Value::Object(components)) = doc.get("components") else {
+        return Value::Null;
+    };
+    let mut out = components.clone();
+    if let Some(Value::Object(schemas)) = components.get("schemas") {
+        out.insert(
+            "schemas".into(),
+            Value::Object(
+                schemas
+                    .iter()
+                    .map(|(n, s)| (n.clone(), convert(s, dir)))
+                    .collect(),
+            ),
+        );
+    }
+    Value::Object(out)
+}
+
+/// A compiled schema.
+pub struct Compiled {
+    validator: jsonschema::Validator,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compiled")
+    }
+}
+
+/// One way an instance fails its schema.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// JSON pointer into the instance.
+    pub pointer: String,
+    /// What is wrong, for a person.
+    pub message: String,
+    /// The JSON Schema keyword that failed (`type`, `required`, …).
+    pub keyword: String,
+}
+
+impl Compiled {
+    /// Compiles a rooted, converted schema.
+    pub fn new(root: &Value) -> Result<Compiled, String> {
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(root)
+            .map_err(|e| format!("schema does not compile: {e}"))?;
+        Ok(Compiled { validator })
+    }
+
+    /// Every violation of `instance`, at most `max` of them.
+    pub fn violations(&self, instance: &Value, max: usize) -> Vec<Violation> {
+        self.validator
+            .iter_errors(instance)
+            .take(max)
+            .map(|e| {
+                let schema_path = e.schema_path().to_string();
+                let keyword = schema_path
+                    .rsplit('/')
+                    .find(|s| !s.is_empty() && s.parse::<usize>().is_err())
+                    .unwrap_or("schema")
+                    .to_owned();
+                let mut pointer = e.instance_path().to_string();
+                if keyword == "required"
+                    && let jsonschema::error::ValidationErrorKind::Required { property } = e.kind()
+                    && let Some(name) = property.as_str()
+                {
+                    pointer.push('/');
+                    pointer.push_str(&super::escape_pointer(name));
+                }
+                Violation {
+                    pointer,
+                    message: e.to_string(),
+                    keyword,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether `instance` is valid.
+    pub fn is_valid(&self, instance: &Value) -> bool {
+        self.validator.is_valid(instance)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn compile(schema: Value, components: Value) -> Compiled {
+        let components = components_of(components);
+        Compiled::new(&rooted(convert(&schema, Direction::Request), &components)).expect("compiles")
+    }
+
+    fn components_of(schemas: Value) -> Value {
+        components(
+            &json!({"components": {"schemas": schemas}}),
+            Direction::Request,
+        )
+    }
+
+    #[test]
+    fn nullable_and_exclusive_bounds_and_refs() {
+        let c = compile(
+            json!({"type": "object", "required": ["amount", "id"], "properties": {
+                "amount": {"type": "integer", "minimum": 0, "exclusiveMinimum": true},
+                "note": {"type": "string", "nullable": true},
+                "id": {"type": "string", "readOnly": true},
+                "customer": {"$ref": "#/components/schemas/Customer"}
+            }}),
+            json!({"Customer": {"type": "object", "required": ["email"], "properties": {"email": {"type": "string", "format": "email"}}}}),
+        );
+        assert!(c.is_valid(&json!({"amount": 1, "note": null})));
+        let v = c.violations(&json!({"amount": 0}), 10);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0].pointer, "/amount");
+        assert_eq!(v[0].keyword, "exclusiveMinimum");
+        let v = c.violations(
+            &json!({"customer": {"email": "not-an-email"}, "note": 3}),
+            10,
+        );
+        let pointers: Vec<&str> = v.iter().map(|v| v.pointer.as_str()).collect();
+        assert!(pointers.contains(&"/amount"), "{v:?}");
+        assert!(pointers.contains(&"/customer/email"), "{v:?}");
+        assert!(pointers.contains(&"/note"), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|v| v.pointer == "/amount" && v.keyword == "required"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn nullable_enum_and_untyped() {
+        let c = compile(
+            json!({"type": "object", "properties": {
+                "status": {"type": "string", "enum": ["a", "b"], "nullable": true},
+                "any": {"nullable": true, "allOf": [{"type": "integer"}]}
+            }}),
+            Value::Null,
+        );
+        assert!(c.is_valid(&json!({"status": null, "any": null})));
+        assert!(c.is_valid(&json!({"status": "a", "any": 3})));
+        assert!(!c.is_valid(&json!({"status": "c"})));
+        assert!(!c.is_valid(&json!({"any": "x"})));
+    }
+}
