@@ -14,6 +14,10 @@ pub const FILES: &[(&str, &str)] = &[
         "contracts/payments.yaml",
         include_str!("../contracts/payments.yaml"),
     ),
+    (
+        "fixtures/payments/scenarios.yaml",
+        include_str!("../fixtures/payments/scenarios.yaml"),
+    ),
 ];
 
 /// The demo as a configuration source.

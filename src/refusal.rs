@@ -237,6 +237,13 @@ pub enum Refusal {
         /// The media types the operation takes.
         accepted: Vec<String>,
     },
+    /// A value a scenario rule keys on looks like a real card number.
+    RealCardNumber {
+        /// The API.
+        api: String,
+        /// Where in the body (JSON pointer).
+        pointer: String,
+    },
     /// The issuer's key set (fetched from its URL) has never been
     /// obtained: the issuer has been unreachable since the gateway started.
     IssuerKeysUnavailable {
@@ -371,6 +378,7 @@ impl Refusal {
             Refusal::UnknownKey { .. } => "unknown_key",
             Refusal::IssuerKeysUnavailable { .. } => "issuer_keys_unavailable",
             Refusal::InvalidRequest { .. } => "invalid_request",
+            Refusal::RealCardNumber { .. } => "real_card_number",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
             Refusal::BadSignature => "bad_signature",
             Refusal::TokenExpired { .. } => "token_expired",
@@ -432,7 +440,9 @@ impl Refusal {
                 StatusCode::FORBIDDEN
             }
             Refusal::SandboxDeactivated { .. } => StatusCode::CONFLICT,
-            Refusal::InvalidBody { .. } | Refusal::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            Refusal::InvalidBody { .. }
+            | Refusal::InvalidRequest { .. }
+            | Refusal::RealCardNumber { .. } => StatusCode::BAD_REQUEST,
             Refusal::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::ExtensionLimit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::CapacityReached { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -462,6 +472,7 @@ impl Refusal {
             | Refusal::UnknownOperation { .. }
             | Refusal::MethodNotAllowed { .. } => Stage::Route,
             Refusal::NoExample { .. }
+            | Refusal::RealCardNumber { .. }
             | Refusal::UpstreamUnavailable { .. }
             | Refusal::UpstreamTimeout { .. }
             | Refusal::UpstreamError { .. }
@@ -530,6 +541,7 @@ impl Refusal {
             Refusal::UnknownKey { .. } => "Token signed by an unknown key",
             Refusal::IssuerKeysUnavailable { .. } => "Issuer's keys unavailable",
             Refusal::InvalidRequest { .. } => "Request does not match the contract",
+            Refusal::RealCardNumber { .. } => "Real card number refused",
             Refusal::UnsupportedMediaType { .. } => "Unsupported media type",
             Refusal::BadSignature => "Token signature invalid",
             Refusal::TokenExpired { .. } => "Token expired",
@@ -597,6 +609,7 @@ impl Refusal {
             Refusal::InvalidRequest { api, .. } | Refusal::UnsupportedMediaType { api, .. } => {
                 Some(format!("apis.{api}.validate"))
             }
+            Refusal::RealCardNumber { api, .. } => Some(format!("apis.{api}.scenarios")),
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
@@ -724,6 +737,9 @@ impl Refusal {
                     errors.len()
                 )
             }
+            Refusal::RealCardNumber { api, pointer } => format!(
+                "The value at {pointer} of this request to API '{api}' looks like a real card number. This is a sandbox: never send real card data to it. The number was not stored or logged."
+            ),
             Refusal::UnsupportedMediaType {
                 api,
                 operation,
@@ -908,6 +924,9 @@ impl Refusal {
             Refusal::StoreUnavailable { .. } => "Retry shortly; if it persists, check the store.".into(),
             Refusal::InvalidRequest { .. } => {
                 "Fix each field listed in `errors` (its `pointer` says where: /path, /query, /header or /body); the API's contract is the reference.".into()
+            }
+            Refusal::RealCardNumber { .. } => {
+                "Use a test card number (4242424242424242 succeeds, 4000000000000002 is declined) or a test payment method such as pm_card_visa.".into()
             }
             Refusal::UnsupportedMediaType { accepted, .. } => format!(
                 "Send the body as {} with a matching Content-Type.",

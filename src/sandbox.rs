@@ -60,6 +60,11 @@ pub struct Api {
     pub auth_required: bool,
     /// What the validate stage does.
     pub validate: crate::config::ValidateMode,
+    /// Scenario rules (facade).
+    pub scenarios: Option<crate::facade::scenarios::Scenarios>,
+    /// How long a backend may take: `upstream.timeout`, or 25 s (a facade
+    /// scenario's timeout outcome waits this long).
+    pub timeout: std::time::Duration,
     /// Pre-registered metric handles (no per-request label hashing).
     pub metrics: ApiMetrics,
 }
@@ -223,6 +228,30 @@ impl Sandbox {
                     }
                 },
             };
+            let scenarios = match (&a.scenarios, &contract) {
+                (None, _) => None,
+                (Some(rel), None) => {
+                    errors.push(ConfigError::new(
+                        &file,
+                        rel.referenced.line(),
+                        format!("API `{name}` has `scenarios` but no `contract`"),
+                    ));
+                    None
+                }
+                (Some(rel), Some(c)) => match crate::facade::scenarios::Scenarios::load(
+                    source,
+                    &rel.value,
+                    c,
+                    &file,
+                    rel.referenced.line(),
+                ) {
+                    Ok(s) => Some(s),
+                    Err(es) => {
+                        errors.extend(es);
+                        None
+                    }
+                },
+            };
             let (max_body, max_body_rule) = match a.max_body {
                 Some(b) => (b.bytes(), format!("apis.{name}.max_body")),
                 None => (config.limits.max_body.bytes(), "limits.max_body".to_owned()),
@@ -239,6 +268,13 @@ impl Sandbox {
                 max_body_rule,
                 auth_required: config.auth.is_some() && a.auth != Some(ApiAuth::None),
                 validate: a.validate,
+                scenarios,
+                timeout: a
+                    .upstream
+                    .as_ref()
+                    .map_or(std::time::Duration::from_secs(25), |u| {
+                        u.timeout.value.get()
+                    }),
             });
         }
         if !errors.is_empty() {

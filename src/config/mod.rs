@@ -460,6 +460,10 @@ pub struct ApiConfig {
     /// contract there is nothing to check.
     #[serde(default)]
     pub validate: ValidateMode,
+    /// Scenario rules for a `facade` API (a YAML file relative to the
+    /// sandbox directory): tables that key an outcome on a request value,
+    /// such as test card numbers. Needs `contract`.
+    pub scenarios: Option<Spanned<PathBuf>>,
 }
 
 fn yes() -> bool {

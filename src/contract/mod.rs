@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, Source};
 
-pub use examples::PreparedResponse;
+pub use examples::{PreparedResponse, resolve};
 pub use router::{OperationMatch, Router};
 
 /// One documented operation of a contract.
@@ -41,6 +41,8 @@ pub struct Contract {
     pub operations: Vec<Operation>,
     /// Method + path → operation.
     pub router: Router,
+    /// The document itself (scenario rules and fixtures read its responses).
+    pub doc: std::sync::Arc<Value>,
 }
 
 const METHODS: [(&str, http::Method); 8] = [
@@ -161,6 +163,7 @@ impl Contract {
                 title: typed.info.title,
                 operations,
                 router,
+                doc: std::sync::Arc::new(doc),
             }),
             _ => Err(errors),
         }

@@ -205,6 +205,31 @@ impl RequestSpec {
         })
     }
 
+    /// The body as the contract types it (JSON parsed; a form read with
+    /// bracket notation and typed by the schema), when its media type is
+    /// one of those and it parses.
+    pub fn typed_body(&self, headers: &http::HeaderMap, body: &[u8]) -> Option<Value> {
+        let spec = self.body.as_ref()?;
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())?
+            .split(';')
+            .next()?
+            .trim()
+            .to_ascii_lowercase();
+        if content_type == "application/json" || content_type.ends_with("+json") {
+            return serde_json::from_slice(body).ok();
+        }
+        if content_type == "application/x-www-form-urlencoded" {
+            let media = spec
+                .media
+                .iter()
+                .find(|m| media_matches(&m.range, &content_type))?;
+            return Some(self.coerce(&media.schema, form_tree(form_urlencoded::parse(body))));
+        }
+        None
+    }
+
     /// Whether the operation documents a request body.
     pub fn has_body(&self) -> bool {
         self.body.is_some()

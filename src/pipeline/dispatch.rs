@@ -14,6 +14,7 @@ use super::route::Routed;
 use crate::body::{Body, RequestBody};
 use crate::config::Mode;
 use crate::edge;
+use crate::facade::scenarios::Matched;
 use crate::refusal::Refusal;
 use crate::server::ConnInfo;
 use crate::upstream::Forwarded;
@@ -21,6 +22,8 @@ use crate::upstream::Forwarded;
 /// Where an answer came from (for the access log and, later, the trace).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AnswerSource {
+    /// A scenario rule.
+    Scenario,
     /// The contract's documented example.
     Example,
     /// The real sandbox backend.
@@ -31,6 +34,7 @@ impl AnswerSource {
     /// Name used in logs and headers.
     pub const fn as_str(self) -> &'static str {
         match self {
+            AnswerSource::Scenario => "scenario",
             AnswerSource::Example => "example",
             AnswerSource::Upstream => "upstream",
         }
@@ -52,18 +56,40 @@ pub async fn dispatch(
         Mode::Facade => {
             // The body is read (within its limit) even though examples don't
             // use it yet, so an oversized chunked upload is refused, not ignored.
-            if let RequestBody::Streaming(body) = body {
-                edge::read_body(body, api.max_body, &api.max_body_rule).await?;
-            }
-            facts.source = Some(AnswerSource::Example);
-            let Some(op) = api
+            let bytes = match body {
+                RequestBody::Streaming(body) => {
+                    edge::read_body(body, api.max_body, &api.max_body_rule).await?
+                }
+                RequestBody::Read(bytes) => bytes,
+            };
+            let Some((index, op)) = api
                 .contract
                 .as_ref()
                 .zip(routed.operation)
-                .map(|(c, i)| &c.operations[i])
+                .map(|(c, i)| (i, &c.operations[i]))
             else {
                 return Err(Refusal::Internal);
             };
+            // 1. Scenario rules, keyed on a value of the (typed) body.
+            if let Some(scenarios) = api.scenarios.as_ref().filter(|s| s.applies_to(index))
+                && let Some(value) = op.request.typed_body(&parts.headers, &bytes)
+            {
+                match scenarios.find(index, &value) {
+                    Matched::Answer { rule, answer } => {
+                        facts.source = Some(AnswerSource::Scenario);
+                        return crate::facade::scenario(api, rule, answer).await;
+                    }
+                    Matched::RealCard { pointer } => {
+                        return Err(Refusal::RealCardNumber {
+                            api: api.name.to_string(),
+                            pointer: pointer.to_owned(),
+                        });
+                    }
+                    Matched::None => {}
+                }
+            }
+            // 2. The contract's documented example.
+            facts.source = Some(AnswerSource::Example);
             crate::facade::answer(&api.name, op)
         }
         Mode::Upstream => {

@@ -115,6 +115,10 @@ async fn every_refusal_has_the_problem_shape() {
             operation: "createPaymentIntent".into(),
             errors: vec![sandgate_violation()],
         },
+        Refusal::RealCardNumber {
+            api: "payments".into(),
+            pointer: "/payment_method_data/card/number".into(),
+        },
         Refusal::UnsupportedMediaType {
             api: "payments".into(),
             operation: "createPaymentIntent".into(),
