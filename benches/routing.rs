@@ -125,7 +125,7 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(routing, benches, identify_benches);
+criterion_group!(routing, benches, identify_benches, facade_benches);
 criterion_main!(routing);
 
 /// The identify stage: a sandbox API key and a JWT resolved from their
@@ -249,4 +249,76 @@ fn identify_benches(c: &mut Criterion) {
             })
         });
     }
+}
+
+/// The validate stage's check of a typical JSON body (create a payment
+/// intent) and of the demo's GET, and scenario-rule matching, on the
+/// bundled demo.
+fn facade_benches(c: &mut Criterion) {
+    use sandgate::contract::request::RequestParts;
+
+    let sb = Sandbox::load(&sandgate::demo::source(), &Overrides::default()).expect("demo loads");
+    let api = &sb.apis[0];
+    let contract = api.contract.as_ref().expect("contract");
+    let index = |id: &str| {
+        contract
+            .operations
+            .iter()
+            .position(|o| o.id == id)
+            .expect("operation")
+    };
+    let create = &contract.operations[index("createPaymentIntent")];
+    let get = &contract.operations[index("getCustomer")];
+    let body = br#"{"amount":2000,"currency":"usd","customer":"cus_NffrFeUfNV2Hib","description":"Order 6735","payment_method":"pm_card_visa","metadata":{"order_id":"6735"}}"#;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().expect("header"));
+    let parts = RequestParts {
+        path: "/v1/payment_intents",
+        query: None,
+        headers: &headers,
+        body,
+    };
+    assert!(create.request.check(&create.template, &parts).is_ok());
+    c.bench_function("validate/create payment intent, JSON body", |b| {
+        b.iter(|| {
+            create
+                .request
+                .check(&create.template, black_box(&parts))
+                .is_ok()
+        })
+    });
+    let empty = http::HeaderMap::new();
+    let get_parts = RequestParts {
+        path: "/v1/customers/cus_NffrFeUfNV2Hib",
+        query: None,
+        headers: &empty,
+        body: b"",
+    };
+    assert!(get.request.check(&get.template, &get_parts).is_ok());
+    c.bench_function("validate/get customer, path parameter", |b| {
+        b.iter(|| {
+            get.request
+                .check(&get.template, black_box(&get_parts))
+                .is_ok()
+        })
+    });
+    let scenarios = api.scenarios.as_ref().expect("demo scenarios");
+    let typed = create.request.typed_body(&headers, body).expect("typed");
+    let op = index("createPaymentIntent");
+    assert!(matches!(
+        scenarios.find(op, &typed),
+        sandgate::facade::scenarios::Matched::Answer { .. }
+    ));
+    c.bench_function("scenarios/type the body and find the rule", |b| {
+        b.iter(|| {
+            let typed = create
+                .request
+                .typed_body(&headers, black_box(body))
+                .expect("typed");
+            matches!(
+                scenarios.find(op, &typed),
+                sandgate::facade::scenarios::Matched::Answer { .. }
+            )
+        })
+    });
 }

@@ -36,6 +36,8 @@ enum Style {
 #[derive(Debug)]
 struct Param {
     name: String,
+    /// Where its violations are reported, e.g. `/query/limit`.
+    at: String,
     location: Location,
     required: bool,
     style: Style,
@@ -153,7 +155,13 @@ impl RequestSpec {
                     name.to_owned()
                 };
                 params.retain(|q| !(q.name == name && q.location == location));
+                let prefix = match location {
+                    Location::Path => "/path/",
+                    Location::Query => "/query/",
+                    Location::Header => "/header/",
+                };
                 params.push(Param {
+                    at: format!("{prefix}{}", super::escape_pointer(&name)),
                     required: location == Location::Path
                         || p.get("required").and_then(Value::as_bool) == Some(true),
                     name,
@@ -251,7 +259,7 @@ impl RequestSpec {
             let value = match p.location {
                 Location::Path => path_values
                     .iter()
-                    .find(|(n, _)| n == &p.name)
+                    .find(|(n, _)| *n == p.name)
                     .map(|(_, v)| self.text_value(&p.schema, v, p.style, p.explode)),
                 Location::Header => req
                     .headers
@@ -260,15 +268,9 @@ impl RequestSpec {
                     .map(|v| self.text_value(&p.schema, &v, p.style, p.explode)),
                 Location::Query => self.query_value(p, &query),
             };
-            let prefix = match p.location {
-                Location::Path => "/path/",
-                Location::Query => "/query/",
-                Location::Header => "/header/",
-            };
-            let at = format!("{prefix}{}", super::escape_pointer(&p.name));
             match value {
                 None if p.required => violations.push(Violation {
-                    pointer: at,
+                    pointer: p.at.clone(),
                     message: format!(
                         "{} parameter `{}` is required",
                         match p.location {
@@ -283,7 +285,7 @@ impl RequestSpec {
                 None => {}
                 Some(v) => {
                     for mut e in p.compiled.violations(&v, MAX_VIOLATIONS) {
-                        e.pointer = format!("{at}{}", e.pointer);
+                        e.pointer = format!("{}{}", p.at, e.pointer);
                         violations.push(e);
                     }
                 }
@@ -604,7 +606,7 @@ fn media_matches(range: &str, media: &str) -> bool {
 }
 
 /// Values of a path's parameters, by matching it against its template.
-fn path_params(template: &str, path: &str) -> Vec<(String, String)> {
+fn path_params<'t>(template: &'t str, path: &str) -> Vec<(&'t str, String)> {
     let mut out = Vec::new();
     for (t, p) in template
         .trim_start_matches('/')
@@ -619,8 +621,7 @@ fn path_params(template: &str, path: &str) -> Vec<(String, String)> {
             .strip_prefix(before)
             .and_then(|rest| rest.strip_suffix(after))
         {
-            let v = percent_decode(v);
-            out.push((t[open + 1..close].to_owned(), v));
+            out.push((&t[open + 1..close], percent_decode(v)));
         }
     }
     out
@@ -730,11 +731,11 @@ mod tests {
     fn path_values() {
         assert_eq!(
             path_params("/v1/customers/{customer}", "/v1/customers/cus%201"),
-            vec![("customer".to_owned(), "cus 1".to_owned())]
+            vec![("customer", "cus 1".to_owned())]
         );
         assert_eq!(
             path_params("/v1/files/{id}.json", "/v1/files/f_1.json"),
-            vec![("id".to_owned(), "f_1".to_owned())]
+            vec![("id", "f_1".to_owned())]
         );
     }
 

@@ -195,17 +195,37 @@ pub struct Violation {
 
 impl Compiled {
     /// Compiles a rooted, converted schema.
+    ///
+    /// `pattern`s use the linear-time `regex` engine (no catastrophic
+    /// backtracking on hostile input); a pattern that needs look-around or
+    /// backreferences falls back to `fancy-regex` with a backtracking limit.
     pub fn new(root: &Value) -> Result<Compiled, String> {
-        let validator = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .should_validate_formats(true)
+        let options = || {
+            jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .should_validate_formats(true)
+        };
+        let validator = match options()
+            .with_pattern_options(jsonschema::PatternOptions::regex())
             .build(root)
-            .map_err(|e| format!("schema does not compile: {e}"))?;
+        {
+            Ok(v) => v,
+            Err(_) => options()
+                .with_pattern_options(
+                    jsonschema::PatternOptions::fancy_regex().backtrack_limit(10_000),
+                )
+                .build(root)
+                .map_err(|e| format!("schema does not compile: {e}"))?,
+        };
         Ok(Compiled { validator })
     }
 
     /// Every violation of `instance`, at most `max` of them.
     pub fn violations(&self, instance: &Value, max: usize) -> Vec<Violation> {
+        // The common case, valid, without building an error iterator.
+        if self.validator.is_valid(instance) {
+            return Vec::new();
+        }
         self.validator
             .iter_errors(instance)
             .take(max)
