@@ -237,6 +237,19 @@ pub enum Refusal {
         /// The media types the operation takes.
         accepted: Vec<String>,
     },
+    /// A `Prefer` header asks for a response the contract does not document.
+    UnsatisfiablePreference {
+        /// The API.
+        api: String,
+        /// The operation.
+        operation: String,
+        /// The preferences asked for.
+        asked: String,
+        /// Documented statuses.
+        codes: Vec<u16>,
+        /// Documented example names.
+        examples: Vec<String>,
+    },
     /// A value a scenario rule keys on looks like a real card number.
     RealCardNumber {
         /// The API.
@@ -379,6 +392,7 @@ impl Refusal {
             Refusal::IssuerKeysUnavailable { .. } => "issuer_keys_unavailable",
             Refusal::InvalidRequest { .. } => "invalid_request",
             Refusal::RealCardNumber { .. } => "real_card_number",
+            Refusal::UnsatisfiablePreference { .. } => "unsatisfiable_preference",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
             Refusal::BadSignature => "bad_signature",
             Refusal::TokenExpired { .. } => "token_expired",
@@ -444,7 +458,9 @@ impl Refusal {
             | Refusal::InvalidRequest { .. }
             | Refusal::RealCardNumber { .. } => StatusCode::BAD_REQUEST,
             Refusal::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Refusal::ExtensionLimit { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::ExtensionLimit { .. } | Refusal::UnsatisfiablePreference { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Refusal::CapacityReached { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::NoExample { .. } => StatusCode::NOT_IMPLEMENTED,
@@ -473,6 +489,7 @@ impl Refusal {
             | Refusal::MethodNotAllowed { .. } => Stage::Route,
             Refusal::NoExample { .. }
             | Refusal::RealCardNumber { .. }
+            | Refusal::UnsatisfiablePreference { .. }
             | Refusal::UpstreamUnavailable { .. }
             | Refusal::UpstreamTimeout { .. }
             | Refusal::UpstreamError { .. }
@@ -542,6 +559,7 @@ impl Refusal {
             Refusal::IssuerKeysUnavailable { .. } => "Issuer's keys unavailable",
             Refusal::InvalidRequest { .. } => "Request does not match the contract",
             Refusal::RealCardNumber { .. } => "Real card number refused",
+            Refusal::UnsatisfiablePreference { .. } => "Preferred response not documented",
             Refusal::UnsupportedMediaType { .. } => "Unsupported media type",
             Refusal::BadSignature => "Token signature invalid",
             Refusal::TokenExpired { .. } => "Token expired",
@@ -610,6 +628,7 @@ impl Refusal {
                 Some(format!("apis.{api}.validate"))
             }
             Refusal::RealCardNumber { api, .. } => Some(format!("apis.{api}.scenarios")),
+            Refusal::UnsatisfiablePreference { api, .. } => Some(format!("apis.{api}.contract")),
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
@@ -737,6 +756,14 @@ impl Refusal {
                     errors.len()
                 )
             }
+            Refusal::UnsatisfiablePreference {
+                api,
+                operation,
+                asked,
+                ..
+            } => format!(
+                "The request prefers `{asked}`, but operation '{operation}' of API '{api}' documents no such response (responses generated from the schema are not available yet)."
+            ),
             Refusal::RealCardNumber { api, pointer } => format!(
                 "The value at {pointer} of this request to API '{api}' looks like a real card number. This is a sandbox: never send real card data to it. The number was not stored or logged."
             ),
@@ -925,6 +952,9 @@ impl Refusal {
             Refusal::InvalidRequest { .. } => {
                 "Fix each field listed in `errors` (its `pointer` says where: /path, /query, /header or /body); the API's contract is the reference.".into()
             }
+            Refusal::UnsatisfiablePreference { .. } => {
+                "Ask for one of the documented statuses (`Prefer: code=…`) or example names (`Prefer: example=…`) listed in `available`.".into()
+            }
             Refusal::RealCardNumber { .. } => {
                 "Use a test card number (4242424242424242 succeeds, 4000000000000002 is declined) or a test payment method such as pm_card_visa.".into()
             }
@@ -992,6 +1022,14 @@ impl Refusal {
             }
             Refusal::UnsupportedMediaType { accepted, .. } => {
                 body.insert("accepted".into(), json!(accepted));
+            }
+            Refusal::UnsatisfiablePreference {
+                codes, examples, ..
+            } => {
+                body.insert(
+                    "available".into(),
+                    json!({"codes": codes, "examples": examples}),
+                );
             }
             Refusal::InvalidBody { errors } => {
                 let list: Vec<Value> = errors

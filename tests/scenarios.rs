@@ -225,3 +225,70 @@ fn a_broken_scenario_file_is_a_located_load_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn prefer_picks_a_documented_response_or_says_what_is_available() {
+    let gw = gateway().await;
+    let c = common::client();
+    let create = gw.url("/payments/v1/payment_intents");
+    let confirm = gw.url("/payments/v1/payment_intents/pi_3MtwBwLkdIwHu7ix28a3tqPa/confirm");
+    let form = [
+        ("amount", "2000"),
+        ("currency", "usd"),
+        ("payment_method", "pm_card_visa"),
+    ];
+
+    // `code=` wins over the scenario rule pm_card_visa would match.
+    let resp = c
+        .post(&create)
+        .header("prefer", "code=402")
+        .form(&form)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 402);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["error"]["type"], "card_error", "{body}");
+
+    let resp = c
+        .post(&confirm)
+        .header("prefer", "example=requires_action")
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["status"], "requires_action", "{body}");
+
+    for prefer in [
+        "code=418",
+        "example=nope",
+        "code=200, example=nope",
+        "dynamic=true",
+    ] {
+        let resp = c
+            .post(&create)
+            .header("prefer", prefer)
+            .form(&form)
+            .send()
+            .await
+            .expect("request");
+        let p = problem(resp, 422, "unsatisfiable_preference").await;
+        let codes = p["available"]["codes"].as_array().expect("codes");
+        assert!(
+            codes.contains(&json!(200)) && codes.contains(&json!(402)),
+            "{prefer}: {p}"
+        );
+    }
+
+    // Other preferences (RFC 7240) are not ours and change nothing.
+    let resp = c
+        .post(&create)
+        .header("prefer", "return=minimal")
+        .form(&[("amount", "2000"), ("currency", "usd")])
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+}

@@ -110,3 +110,84 @@ fn find_example<'a>(root: &'a Value, media: &'a Value) -> Option<&'a Value> {
     let schema = resolve(root, media.get("schema")?);
     schema.get("example")
 }
+
+/// Every documented response of an operation that `Prefer` can pick: its
+/// status and its examples by name (`example` is named `default`; a
+/// response without content has one empty answer named `default`).
+#[derive(Debug)]
+pub struct Documented {
+    /// The status.
+    pub status: StatusCode,
+    /// (example name, prepared answer), in document order.
+    pub examples: Vec<(String, PreparedResponse)>,
+}
+
+/// The documented responses of `op` (numeric statuses only).
+pub fn documented(root: &Value, op: &Value) -> Result<Vec<Documented>, String> {
+    let mut out = Vec::new();
+    for (key, response) in op
+        .get("responses")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let Ok(code) = key.parse::<u16>() else {
+            continue;
+        };
+        let status = StatusCode::from_u16(code).map_err(|e| format!("response {key}: {e}"))?;
+        let response = resolve(root, response);
+        let mut examples = Vec::new();
+        match response.get("content").and_then(Value::as_object) {
+            None => examples.push((
+                "default".to_owned(),
+                PreparedResponse {
+                    status,
+                    content_type: HeaderValue::from_static("application/json"),
+                    body: Bytes::new(),
+                },
+            )),
+            Some(content) => {
+                let Some((media, m)) = content
+                    .iter()
+                    .find(|(m, _)| is_json(m))
+                    .or_else(|| content.iter().next())
+                else {
+                    continue;
+                };
+                let content_type = HeaderValue::from_str(media)
+                    .map_err(|_| format!("media type `{media}` is not a valid header value"))?;
+                let mut named: Vec<(String, &Value)> = Vec::new();
+                if let Some(e) = m.get("example") {
+                    named.push(("default".to_owned(), e));
+                }
+                for (name, e) in m
+                    .get("examples")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(v) = resolve(root, e).get("value") {
+                        named.push((name.clone(), v));
+                    }
+                }
+                for (name, v) in named {
+                    let body = match (v, is_json(media)) {
+                        (Value::String(s), false) => Bytes::from(s.clone()),
+                        (v, _) => Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+                    };
+                    examples.push((
+                        name,
+                        PreparedResponse {
+                            status,
+                            content_type: content_type.clone(),
+                            body,
+                        },
+                    ));
+                }
+            }
+        }
+        out.push(Documented { status, examples });
+    }
+    out.sort_by_key(|d| d.status);
+    Ok(out)
+}

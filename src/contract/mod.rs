@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::config::{ConfigError, Source};
 
-pub use examples::{PreparedResponse, resolve};
+pub use examples::{Documented, PreparedResponse, resolve};
 pub use router::{OperationMatch, Router};
 
 /// One documented operation of a contract.
@@ -30,6 +30,8 @@ pub struct Operation {
     pub example: Option<PreparedResponse>,
     /// What the operation accepts (parameters and body), compiled.
     pub request: request::RequestSpec,
+    /// Every documented response with its examples, for `Prefer`.
+    pub documented: Vec<Documented>,
 }
 
 /// A loaded, compiled OpenAPI contract.
@@ -139,6 +141,14 @@ impl Contract {
                             continue;
                         }
                     };
+                    let documented = match examples::documented(&doc, op) {
+                        Ok(d) => d,
+                        Err(m) => {
+                            let pointer = format!("/paths/{}/{key}", escape_pointer(template));
+                            errors.push(ConfigError::new(file, 0, format!("at {pointer}: {m}")));
+                            continue;
+                        }
+                    };
                     ops.push((method.clone(), operations.len()));
                     operations.push(Operation {
                         id,
@@ -146,6 +156,7 @@ impl Contract {
                         template: template.clone(),
                         example,
                         request,
+                        documented,
                     });
                 }
                 routes.push((template.clone(), ops));

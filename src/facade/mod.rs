@@ -59,6 +59,77 @@ pub async fn scenario(
     }
 }
 
+/// The response a `Prefer` header asks for (`code=402`, `example=NAME`,
+/// `dynamic=true`, as Prism understands them), when it asks for one:
+/// `None` when the request has no such preference.
+pub fn preferred(
+    api: &str,
+    op: &Operation,
+    headers: &http::HeaderMap,
+) -> Option<Result<Response<Body>, Refusal>> {
+    let mut code: Option<&str> = None;
+    let mut example: Option<&str> = None;
+    let mut dynamic = false;
+    let mut asked = Vec::new();
+    for value in headers.get_all("prefer") {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split([',', ';']) {
+            let Some((k, v)) = token.split_once('=') else {
+                continue;
+            };
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "code" => code = Some(v),
+                "example" => example = Some(v),
+                "dynamic" => dynamic = v.eq_ignore_ascii_case("true"),
+                _ => continue,
+            }
+            asked.push(token.trim().to_owned());
+        }
+    }
+    if asked.is_empty() {
+        return None;
+    }
+    let unsatisfiable = || Refusal::UnsatisfiablePreference {
+        api: api.to_owned(),
+        operation: op.id.clone(),
+        asked: asked.join(", "),
+        codes: op.documented.iter().map(|d| d.status.as_u16()).collect(),
+        examples: op
+            .documented
+            .iter()
+            .flat_map(|d| d.examples.iter().map(|(n, _)| n.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    };
+    if dynamic {
+        // Responses generated from the schema are not available yet.
+        return Some(Err(unsatisfiable()));
+    }
+    let candidates: Vec<&crate::contract::Documented> = match code {
+        Some(c) => op
+            .documented
+            .iter()
+            .filter(|d| d.status.as_str() == c)
+            .collect(),
+        None => {
+            // Successes first, then the rest, each by status.
+            let mut all: Vec<_> = op.documented.iter().collect();
+            all.sort_by_key(|d| (!d.status.is_success(), d.status));
+            all
+        }
+    };
+    let found = candidates.iter().find_map(|d| match example {
+        Some(name) => d.examples.iter().find(|(n, _)| n == name).map(|(_, r)| r),
+        None => d.examples.first().map(|(_, r)| r),
+    });
+    Some(match found {
+        Some(r) => Ok(prepared(r, "example")),
+        None => Err(unsatisfiable()),
+    })
+}
+
 /// The documented example of `op`, or `no_example`.
 pub fn answer(api: &str, op: &Operation) -> Result<Response<Body>, Refusal> {
     let Some(example) = &op.example else {

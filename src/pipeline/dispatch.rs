@@ -70,6 +70,11 @@ pub async fn dispatch(
             else {
                 return Err(Refusal::Internal);
             };
+            // 0. An explicit `Prefer` picks a documented response.
+            if let Some(answer) = crate::facade::preferred(&api.name, op, &parts.headers) {
+                facts.source = Some(AnswerSource::Example);
+                return answer;
+            }
             // 1. Scenario rules, keyed on a value of the (typed) body.
             if let Some(scenarios) = api.scenarios.as_ref().filter(|s| s.applies_to(index))
                 && let Some(value) = op.request.typed_body(&parts.headers, &bytes)

@@ -115,6 +115,13 @@ async fn every_refusal_has_the_problem_shape() {
             operation: "createPaymentIntent".into(),
             errors: vec![sandgate_violation()],
         },
+        Refusal::UnsatisfiablePreference {
+            api: "payments".into(),
+            operation: "createPaymentIntent".into(),
+            asked: "code=418".into(),
+            codes: vec![200, 402],
+            examples: vec!["default".into()],
+        },
         Refusal::RealCardNumber {
             api: "payments".into(),
             pointer: "/payment_method_data/card/number".into(),
