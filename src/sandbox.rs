@@ -62,6 +62,8 @@ pub struct Api {
     pub validate: crate::config::ValidateMode,
     /// Scenario rules (facade).
     pub scenarios: Option<crate::facade::scenarios::Scenarios>,
+    /// Fixtures (facade).
+    pub fixtures: Option<crate::facade::fixtures::Fixtures>,
     /// How long a backend may take: `upstream.timeout`, or 25 s (a facade
     /// scenario's timeout outcome waits this long).
     pub timeout: std::time::Duration,
@@ -252,6 +254,22 @@ impl Sandbox {
                     }
                 },
             };
+            let fixtures = match &a.fixtures {
+                None => None,
+                Some(rel) => match crate::facade::fixtures::Fixtures::load(
+                    source,
+                    &rel.value,
+                    contract.as_ref(),
+                    &file,
+                    rel.referenced.line(),
+                ) {
+                    Ok(f) => Some(f),
+                    Err(es) => {
+                        errors.extend(es);
+                        None
+                    }
+                },
+            };
             let (max_body, max_body_rule) = match a.max_body {
                 Some(b) => (b.bytes(), format!("apis.{name}.max_body")),
                 None => (config.limits.max_body.bytes(), "limits.max_body".to_owned()),
@@ -269,6 +287,7 @@ impl Sandbox {
                 auth_required: config.auth.is_some() && a.auth != Some(ApiAuth::None),
                 validate: a.validate,
                 scenarios,
+                fixtures,
                 timeout: a
                     .upstream
                     .as_ref()

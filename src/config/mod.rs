@@ -464,6 +464,11 @@ pub struct ApiConfig {
     /// sandbox directory): tables that key an outcome on a request value,
     /// such as test card numbers. Needs `contract`.
     pub scenarios: Option<Spanned<PathBuf>>,
+    /// A directory of fixture files (`*.yaml`) for a `facade` API, relative
+    /// to the sandbox directory: exchanges matched on method, path, query,
+    /// headers and body, answered after scenario rules and before the
+    /// contract's examples.
+    pub fixtures: Option<Spanned<PathBuf>>,
 }
 
 fn yes() -> bool {

@@ -3,6 +3,7 @@
 //! example; scenario rules, fixtures, state and generated responses come with
 //! the facade issue, in front of the example in order of precedence.
 
+pub mod fixtures;
 pub mod scenarios;
 
 use http::{HeaderValue, Response, header};

@@ -24,6 +24,8 @@ use crate::upstream::Forwarded;
 pub enum AnswerSource {
     /// A scenario rule.
     Scenario,
+    /// A fixture.
+    Fixture,
     /// The contract's documented example.
     Example,
     /// The real sandbox backend.
@@ -35,6 +37,7 @@ impl AnswerSource {
     pub const fn as_str(self) -> &'static str {
         match self {
             AnswerSource::Scenario => "scenario",
+            AnswerSource::Fixture => "fixture",
             AnswerSource::Example => "example",
             AnswerSource::Upstream => "upstream",
         }
@@ -75,11 +78,18 @@ pub async fn dispatch(
                 facts.source = Some(AnswerSource::Example);
                 return answer;
             }
+            let wants_body = api.scenarios.as_ref().is_some_and(|s| s.applies_to(index))
+                || api.fixtures.as_ref().is_some_and(|f| !f.is_empty());
+            let typed = if wants_body && !bytes.is_empty() {
+                op.request.typed_body(&parts.headers, &bytes)
+            } else {
+                None
+            };
             // 1. Scenario rules, keyed on a value of the (typed) body.
             if let Some(scenarios) = api.scenarios.as_ref().filter(|s| s.applies_to(index))
-                && let Some(value) = op.request.typed_body(&parts.headers, &bytes)
+                && let Some(value) = &typed
             {
-                match scenarios.find(index, &value) {
+                match scenarios.find(index, value) {
                     Matched::Answer { rule, answer } => {
                         facts.source = Some(AnswerSource::Scenario);
                         return crate::facade::scenario(api, rule, answer).await;
@@ -93,7 +103,22 @@ pub async fn dispatch(
                     Matched::None => {}
                 }
             }
-            // 2. The contract's documented example.
+            // 2. Fixtures.
+            if let Some(fixtures) = &api.fixtures
+                && let Some(resp) = fixtures
+                    .answer(&crate::facade::fixtures::Request {
+                        method: &parts.method,
+                        path: routed.api_path(parts.uri.path()),
+                        query: parts.uri.query(),
+                        headers: &parts.headers,
+                        body: typed.as_ref(),
+                    })
+                    .await
+            {
+                facts.source = Some(AnswerSource::Fixture);
+                return Ok(resp);
+            }
+            // 3. The contract's documented example.
             facts.source = Some(AnswerSource::Example);
             crate::facade::answer(&api.name, op)
         }

@@ -1,0 +1,542 @@
+//! Fixtures: recorded or hand-written exchanges a facade API answers with,
+//! after scenario rules and before the contract's examples.
+//!
+//! A fixture file (any `*.yaml` in the API's `fixtures` directory) lists
+//! fixtures, each matching on the method and path (exact, or a template of
+//! the contract), query parameters, headers and a subset of the typed body,
+//! with a priority; its response has a status, headers and a body whose
+//! strings are minijinja templates over the request (`path`, `query`,
+//! `headers`, `body`), `now` (Unix seconds) and `new_id(prefix)`. A string
+//! that is exactly one `{{ expression }}` keeps the expression's JSON type.
+//! Bodies without templates are checked against the contract at load.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use serde_saphyr::Spanned;
+
+use crate::body::{Body, full};
+use crate::config::{ConfigError, Source};
+use crate::contract::schema::{self, Compiled, Direction};
+use crate::contract::{Contract, resolve};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureFile {
+    fixtures: Vec<FixtureConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureConfig {
+    /// Shown in the `Sandgate-Fixture` header.
+    name: Spanned<String>,
+    /// HTTP method. Default: any.
+    method: Option<String>,
+    /// The path the API sees: exact (`/v1/customers/cus_acme`) or a
+    /// contract template (`/v1/customers/{customer}`).
+    path: String,
+    /// Query parameters that must have these values.
+    #[serde(default)]
+    query: BTreeMap<String, String>,
+    /// Headers that must have these values (names case-insensitive).
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// A JSON value the typed body must contain (objects: a subset).
+    body: Option<Value>,
+    /// Higher first. Default: 0; ties keep file order.
+    #[serde(default)]
+    priority: i32,
+    /// What to answer.
+    response: ResponseConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResponseConfig {
+    status: Spanned<u16>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<Value>,
+    /// Wait this long before answering (e.g. `300ms`).
+    delay: Option<crate::config::Duration>,
+}
+
+/// One compiled fixture.
+#[derive(Debug)]
+struct Fixture {
+    name: String,
+    method: Option<http::Method>,
+    /// Path segments; `None` matches any one segment (a template parameter).
+    segments: Vec<Option<String>>,
+    /// Template parameter names by segment index.
+    params: Vec<(usize, String)>,
+    query: Vec<(String, String)>,
+    headers: Vec<(HeaderName, String)>,
+    body: Option<Value>,
+    priority: i32,
+    status: StatusCode,
+    response_headers: Vec<(HeaderName, HeaderValue)>,
+    response_body: Option<Value>,
+    templated: bool,
+    delay: Option<Duration>,
+}
+
+/// The fixtures of one API, highest priority first.
+#[derive(Debug, Default)]
+pub struct Fixtures {
+    list: Vec<Fixture>,
+}
+
+/// The request facts a fixture matches on and renders with.
+pub struct Request<'a> {
+    /// Method.
+    pub method: &'a http::Method,
+    /// The path the API sees.
+    pub path: &'a str,
+    /// Raw query.
+    pub query: Option<&'a str>,
+    /// Headers.
+    pub headers: &'a http::HeaderMap,
+    /// The typed body, if any.
+    pub body: Option<&'a Value>,
+}
+
+impl Fixtures {
+    /// Loads every `*.yaml` of directory `rel` (sorted by name) for API
+    /// `contract`. `file`/`line` locate the `fixtures` key.
+    pub fn load(
+        source: &Source,
+        rel: &Path,
+        contract: Option<&Contract>,
+        file: &Path,
+        line: u64,
+    ) -> Result<Fixtures, Vec<ConfigError>> {
+        let Source::Dir(dir) = source else {
+            return Ok(Fixtures::default());
+        };
+        let full_dir = dir.join(rel);
+        let mut names: Vec<_> = std::fs::read_dir(&full_dir)
+            .map_err(|e| {
+                vec![ConfigError::new(
+                    file,
+                    line,
+                    format!("fixtures directory `{}`: {e}", full_dir.display()),
+                )]
+            })?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+            .collect();
+        names.sort();
+        let mut errors = Vec::new();
+        let mut list = Vec::new();
+        for name in names {
+            let rel_file = rel.join(&name);
+            let path = source.display_path(&rel_file);
+            let text = match source.read_to_string(&rel_file) {
+                Ok(t) => t,
+                Err(m) => {
+                    errors.push(ConfigError::new(&path, 0, m));
+                    continue;
+                }
+            };
+            let parsed: FixtureFile = match crate::config::parse_yaml(&path, &text) {
+                Ok(f) => f,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            for f in parsed.fixtures {
+                match compile(f, contract) {
+                    Ok(fx) => list.push(fx),
+                    Err((line, m)) => errors.push(ConfigError::new(&path, line, m)),
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // Stable: equal priorities keep file order.
+        list.sort_by_key(|f| std::cmp::Reverse(f.priority));
+        Ok(Fixtures { list })
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The answer of the first fixture that matches, if any.
+    pub async fn answer(&self, req: &Request<'_>) -> Option<Response<Body>> {
+        let query: Vec<(String, String)> = req
+            .query
+            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+            .unwrap_or_default();
+        let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+        let fixture = self
+            .list
+            .iter()
+            .find(|f| f.matches(req, &segments, &query))?;
+        if let Some(d) = fixture.delay {
+            tokio::time::sleep(d).await;
+        }
+        Some(fixture.respond(req, &segments, &query))
+    }
+}
+
+fn compile(f: FixtureConfig, contract: Option<&Contract>) -> Result<Fixture, (u64, String)> {
+    let line = f.name.referenced.line();
+    let name = f.name.value.clone();
+    let err = |m: String| (line, format!("fixture `{name}`: {m}"));
+    let method = f
+        .method
+        .as_deref()
+        .map(|m| {
+            http::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| err(format!("`{m}` is not an HTTP method")))
+        })
+        .transpose()?;
+    if !f.path.starts_with('/') {
+        return Err(err(format!("path `{}` must start with `/`", f.path)));
+    }
+    let mut segments = Vec::new();
+    let mut params = Vec::new();
+    for (i, s) in f.path.trim_start_matches('/').split('/').enumerate() {
+        if let Some(p) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            params.push((i, p.to_owned()));
+            segments.push(None);
+        } else {
+            segments.push(Some(s.to_owned()));
+        }
+    }
+    let headers = f
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            HeaderName::from_bytes(k.as_bytes())
+                .map(|h| (h, v.clone()))
+                .map_err(|_| err(format!("`{k}` is not a header name")))
+        })
+        .collect::<Result<_, _>>()?;
+    let status = StatusCode::from_u16(f.response.status.value).map_err(|_| {
+        (
+            f.response.status.referenced.line(),
+            format!(
+                "fixture `{name}`: `{}` is not an HTTP status",
+                f.response.status.value
+            ),
+        )
+    })?;
+    let mut response_headers = Vec::new();
+    for (k, v) in &f.response.headers {
+        let h = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| err(format!("`{k}` is not a header name")))?;
+        let v = HeaderValue::from_str(v)
+            .map_err(|_| err(format!("header `{k}` has an invalid value")))?;
+        response_headers.push((h, v));
+    }
+    let templated = f.response.body.as_ref().is_some_and(has_template);
+    let mut env = minijinja::Environment::new();
+    if let Some(body) = &f.response.body {
+        check_templates(&mut env, body).map_err(|m| err(format!("response body: {m}")))?;
+    }
+    // A body without templates is checked against the contract now.
+    if let (Some(c), Some(body), false) = (contract, &f.response.body, templated)
+        && let Some(m) = contract_mismatch(c, method.as_ref(), &f.path, status, body)
+    {
+        return Err((
+            f.response.status.referenced.line(),
+            format!("fixture `{name}`: {m}"),
+        ));
+    }
+    Ok(Fixture {
+        name,
+        method,
+        segments,
+        params,
+        query: f.query.into_iter().collect(),
+        headers,
+        body: f.body,
+        priority: f.priority,
+        status,
+        response_headers,
+        response_body: f.response.body,
+        templated,
+        delay: f.response.delay.map(|d| d.get()),
+    })
+}
+
+fn has_template(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains("{{") || s.contains("{%"),
+        Value::Array(a) => a.iter().any(has_template),
+        Value::Object(o) => o.values().any(has_template),
+        _ => false,
+    }
+}
+
+fn check_templates(env: &mut minijinja::Environment<'_>, v: &Value) -> Result<(), String> {
+    match v {
+        Value::String(s) if s.contains("{{") || s.contains("{%") => env
+            .template_from_str(s)
+            .map(|_| ())
+            .map_err(|e| format!("template `{s}`: {e}")),
+        Value::Array(a) => a.iter().try_for_each(|x| check_templates(env, x)),
+        Value::Object(o) => o.values().try_for_each(|x| check_templates(env, x)),
+        _ => Ok(()),
+    }
+}
+
+/// Why a fixed fixture body does not fit the contract, if it does not.
+fn contract_mismatch(
+    c: &Contract,
+    method: Option<&http::Method>,
+    path: &str,
+    status: StatusCode,
+    body: &Value,
+) -> Option<String> {
+    let api_path = path.to_owned();
+    let methods: Vec<&http::Method> = match method {
+        Some(m) => vec![m],
+        None => return None,
+    };
+    let op = methods
+        .iter()
+        .find_map(|m| match c.router.resolve(m, &api_path) {
+            crate::contract::OperationMatch::Found { operation } => Some(&c.operations[operation]),
+            _ => None,
+        })?;
+    let op_doc = c.doc.pointer(&format!(
+        "/paths/{}/{}",
+        crate::contract::escape_pointer(&op.template),
+        op.method.as_str().to_ascii_lowercase()
+    ))?;
+    let response = op_doc
+        .get("responses")
+        .and_then(|r| r.get(status.as_str()))?;
+    let s = resolve(&c.doc, response)
+        .get("content")?
+        .get("application/json")?
+        .get("schema")?;
+    let components = schema::components(&c.doc, Direction::Response);
+    let compiled = Compiled::new(&schema::rooted(
+        schema::convert(s, Direction::Response),
+        &components,
+    ))
+    .ok()?;
+    compiled.violations(body, 1).first().map(|v| {
+        format!(
+            "the response body does not match the contract for {} {} {status} at {}: {}",
+            op.method,
+            op.template,
+            if v.pointer.is_empty() {
+                "/"
+            } else {
+                &v.pointer
+            },
+            v.message
+        )
+    })
+}
+
+/// Whether `want` is contained in `have` (objects: every member of `want`
+/// matches; anything else: equal, numbers and strings compared as text).
+fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w
+            .iter()
+            .all(|(k, wv)| h.get(k).is_some_and(|hv| contains(hv, wv))),
+        (Value::Number(h), Value::String(w)) | (Value::String(w), Value::Number(h)) => {
+            h.to_string() == *w
+        }
+        _ => have == want,
+    }
+}
+
+impl Fixture {
+    fn matches(&self, req: &Request<'_>, segments: &[&str], query: &[(String, String)]) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != req.method) {
+            return false;
+        }
+        if segments.len() != self.segments.len()
+            || !self
+                .segments
+                .iter()
+                .zip(segments)
+                .all(|(want, got)| want.as_deref().is_none_or(|w| w == *got))
+        {
+            return false;
+        }
+        if !self
+            .query
+            .iter()
+            .all(|(k, v)| query.iter().any(|(qk, qv)| qk == k && qv == v))
+        {
+            return false;
+        }
+        if !self.headers.iter().all(|(k, v)| {
+            req.headers
+                .get_all(k)
+                .iter()
+                .any(|h| h.to_str().is_ok_and(|h| h == v))
+        }) {
+            return false;
+        }
+        match (&self.body, req.body) {
+            (None, _) => true,
+            (Some(want), Some(have)) => contains(have, want),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn respond(
+        &self,
+        req: &Request<'_>,
+        segments: &[&str],
+        query: &[(String, String)],
+    ) -> Response<Body> {
+        let body = match (&self.response_body, self.templated) {
+            (None, _) => Bytes::new(),
+            (Some(b), false) => Bytes::from(serde_json::to_vec(b).unwrap_or_default()),
+            (Some(b), true) => {
+                let ctx = self.context(req, segments, query);
+                let env = environment();
+                Bytes::from(serde_json::to_vec(&render(&env, b, &ctx)).unwrap_or_default())
+            }
+        };
+        let mut resp = Response::new(full(body.clone()));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        if !body.is_empty() {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        for (k, v) in &self.response_headers {
+            h.insert(k.clone(), v.clone());
+        }
+        h.insert(super::SANDGATE_SOURCE, HeaderValue::from_static("fixture"));
+        if let Ok(v) = HeaderValue::from_str(&self.name) {
+            h.insert(SANDGATE_FIXTURE, v);
+        }
+        resp
+    }
+
+    fn context(&self, req: &Request<'_>, segments: &[&str], query: &[(String, String)]) -> Value {
+        let path: Map<String, Value> = self
+            .params
+            .iter()
+            .filter_map(|(i, n)| {
+                segments
+                    .get(*i)
+                    .map(|s| (n.clone(), Value::String((*s).to_owned())))
+            })
+            .collect();
+        let query: Map<String, Value> = query
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let headers: Map<String, Value> = req
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != header::AUTHORIZATION && *k != header::COOKIE)
+            .filter_map(|(k, v)| {
+                v.to_str()
+                    .ok()
+                    .map(|v| (k.as_str().to_owned(), Value::String(v.to_owned())))
+            })
+            .collect();
+        serde_json::json!({
+            "method": req.method.as_str(),
+            "path": path,
+            "query": query,
+            "headers": headers,
+            "body": req.body.cloned().unwrap_or(Value::Null),
+            "now": crate::tenants::now_secs(),
+        })
+    }
+}
+
+/// The response header naming the fixture that answered.
+pub const SANDGATE_FIXTURE: HeaderName = HeaderName::from_static("sandgate-fixture");
+
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.add_function("new_id", |prefix: String| -> String {
+        format!(
+            "{prefix}_{}",
+            ulid::Ulid::new().to_string().to_ascii_lowercase()
+        )
+    });
+    env
+}
+
+/// Renders every template string of `v`.
+fn render(env: &minijinja::Environment<'_>, v: &Value, ctx: &Value) -> Value {
+    match v {
+        Value::String(s) if s.contains("{{") || s.contains("{%") => {
+            let t = s.trim();
+            // Exactly one expression: keep its type.
+            if let Some(expr) = t.strip_prefix("{{").and_then(|r| r.strip_suffix("}}"))
+                && !expr.contains("{{")
+                && let Ok(e) = env.compile_expression(expr.trim())
+                && let Ok(out) = e.eval(minijinja::Value::from_serialize(ctx))
+                && let Ok(json) = serde_json::to_value(&out)
+            {
+                return json;
+            }
+            match env.render_str(s, minijinja::Value::from_serialize(ctx)) {
+                Ok(out) => Value::String(out),
+                Err(e) => Value::String(format!("<template error: {e}>")),
+            }
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| render(env, x, ctx)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), render(env, x, ctx)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subset_matching() {
+        let have = json!({"amount": 5000, "currency": "usd", "metadata": {"a": "1", "b": "2"}});
+        assert!(contains(&have, &json!({"amount": 5000})));
+        assert!(contains(
+            &have,
+            &json!({"amount": "5000", "metadata": {"b": "2"}})
+        ));
+        assert!(!contains(&have, &json!({"amount": 1})));
+        assert!(!contains(&have, &json!({"missing": 1})));
+    }
+
+    #[test]
+    fn templates_keep_types() {
+        let env = environment();
+        let ctx = json!({"body": {"amount": 5000}, "path": {"customer": "cus_1"}});
+        let out = render(
+            &env,
+            &json!({"amount": "{{ body.amount }}", "id": "{{ path.customer }}", "text": "for {{ path.customer }}", "fresh": "{{ new_id('pi') }}"}),
+            &ctx,
+        );
+        assert_eq!(out["amount"], 5000);
+        assert_eq!(out["id"], "cus_1");
+        assert_eq!(out["text"], "for cus_1");
+        assert!(out["fresh"].as_str().is_some_and(|s| s.starts_with("pi_")));
+    }
+}
