@@ -705,7 +705,7 @@ impl Refusal {
                 allow.join(", ")
             ),
             Refusal::NoExample { api, operation } => format!(
-                "API '{api}' runs as a facade, and the contract documents no example for the success response of '{operation}'."
+                "API '{api}' runs as a facade, and the contract documents neither an example nor a schema for the success response of '{operation}'."
             ),
             Refusal::UpstreamUnavailable { api } => {
                 format!("The sandbox backend of API '{api}' could not be reached.")
@@ -762,7 +762,7 @@ impl Refusal {
                 asked,
                 ..
             } => format!(
-                "The request prefers `{asked}`, but operation '{operation}' of API '{api}' documents no such response (responses generated from the schema are not available yet)."
+                "The request prefers `{asked}`, but operation '{operation}' of API '{api}' documents no such response (or, for `dynamic=true`, no JSON schema to generate it from)."
             ),
             Refusal::RealCardNumber { api, pointer } => format!(
                 "The value at {pointer} of this request to API '{api}' looks like a real card number. This is a sandbox: never send real card data to it. The number was not stored or logged."

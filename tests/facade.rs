@@ -4,7 +4,8 @@
 //! and h2c and expects exactly the prepared example (status, media type,
 //! bytes). Also: HEAD on GET operations, JSON and form bodies, unknown
 //! operations (404 with `nearest`), wrong methods (405 with `Allow`), an
-//! operation without example (501 `no_example`), and body limits.
+//! operation without example answered from its schema (or 501
+//! `no_example` without one), and body limits.
 
 mod common;
 
@@ -347,10 +348,9 @@ paths:
       operationId: listThings
       responses:
         "200":
-          description: ok
+          description: ok, with neither example nor schema
           content:
-            application/json:
-              schema: { type: array, items: { type: string } }
+            application/json: {}
     post:
       operationId: createThing
       responses:
@@ -359,6 +359,22 @@ paths:
           content:
             application/json:
               example: { id: thing_1 }
+  /v1/widgets/{widget}:
+    get:
+      operationId: getWidget
+      responses:
+        "200":
+          description: a schema, no example
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [id, size, kind, created]
+                properties:
+                  id: { type: string, minLength: 3 }
+                  size: { type: integer, minimum: 1, maximum: 9 }
+                  kind: { type: string, enum: [round, square] }
+                  created: { type: string, format: date-time }
   /v1/things/{thing}:
     delete:
       operationId: deleteThing
@@ -461,4 +477,44 @@ async fn a_facade_refuses_bodies_over_its_limit() {
         .await
         .expect("request");
     assert_eq!(r.status(), 201);
+}
+
+#[tokio::test]
+async fn an_operation_with_a_schema_but_no_example_is_answered_from_the_schema() {
+    let config = "listeners:\n  - addr: 127.0.0.1:0\napis:\n  - name: things\n    prefix: /things\n    contract: things.yaml\n    mode: facade\n";
+    let gw = start_gateway(sandbox_dir(&[
+        ("sandgate.yaml", config),
+        ("things.yaml", NO_EXAMPLE_CONTRACT),
+    ]))
+    .await;
+    let c = common::client();
+    let get = |path: &'static str| c.get(gw.url(path)).send();
+    let a = get("/things/v1/widgets/w_1").await.expect("request");
+    assert_eq!(a.status(), 200);
+    assert_eq!(header(&a, "sandgate-source"), "generated");
+    let a: serde_json::Value = a.json().await.expect("JSON");
+    assert!(a["id"].as_str().is_some_and(|s| s.len() >= 3), "{a}");
+    assert!((1..=9).contains(&a["size"].as_i64().expect("size")), "{a}");
+    assert!(
+        ["round", "square"].contains(&a["kind"].as_str().expect("kind")),
+        "{a}"
+    );
+    assert_eq!(a["created"], "2026-01-01T00:00:00Z");
+    // The same request, the same answer.
+    let again: serde_json::Value = get("/things/v1/widgets/w_1")
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(a, again);
+
+    // `Prefer: dynamic=true` needs a schema: createThing documents only an example.
+    let resp = c
+        .post(gw.url("/things/v1/things"))
+        .header("prefer", "dynamic=true")
+        .send()
+        .await
+        .expect("request");
+    problem(resp, 422, "unsatisfiable_preference").await;
 }

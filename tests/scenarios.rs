@@ -261,11 +261,30 @@ async fn prefer_picks_a_documented_response_or_says_what_is_available() {
     let body: Value = resp.json().await.expect("JSON");
     assert_eq!(body["status"], "requires_action", "{body}");
 
+    // `dynamic=true`: generated from the response schema, a valid payment intent.
+    let resp = c
+        .post(&create)
+        .header("prefer", "dynamic=true")
+        .form(&form)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("sandgate-source")
+            .and_then(|v| v.to_str().ok()),
+        Some("generated")
+    );
+    let body: Value = resp.json().await.expect("JSON");
+    assert_eq!(body["object"], "payment_intent", "{body}");
+    assert!(body["amount"].is_i64(), "{body}");
+
     for prefer in [
         "code=418",
         "example=nope",
         "code=200, example=nope",
-        "dynamic=true",
+        "dynamic=true; code=418",
     ] {
         let resp = c
             .post(&create)

@@ -4,6 +4,7 @@
 //! the facade issue, in front of the example in order of precedence.
 
 pub mod fixtures;
+pub mod generate;
 pub mod scenarios;
 
 use http::{HeaderValue, Response, header};
@@ -65,8 +66,10 @@ pub async fn scenario(
 /// `None` when the request has no such preference.
 pub fn preferred(
     api: &str,
+    contract: &crate::contract::Contract,
     op: &Operation,
     headers: &http::HeaderMap,
+    seed: u64,
 ) -> Option<Result<Response<Body>, Refusal>> {
     let mut code: Option<&str> = None;
     let mut example: Option<&str> = None;
@@ -105,8 +108,8 @@ pub fn preferred(
             .collect(),
     };
     if dynamic {
-        // Responses generated from the schema are not available yet.
-        return Some(Err(unsatisfiable()));
+        let code = code.and_then(|c| c.parse::<u16>().ok());
+        return Some(generated(contract, op, seed, code).ok_or_else(unsatisfiable));
     }
     let candidates: Vec<&crate::contract::Documented> = match code {
         Some(c) => op
@@ -129,6 +132,42 @@ pub fn preferred(
         Some(r) => Ok(prepared(r, "example")),
         None => Err(unsatisfiable()),
     })
+}
+
+/// A response generated from the schema of `op`'s response `code` (default:
+/// its lowest documented 2xx), deterministic for `seed`; `None` when that
+/// response has no JSON schema.
+pub fn generated(
+    contract: &crate::contract::Contract,
+    op: &Operation,
+    seed: u64,
+    code: Option<u16>,
+) -> Option<Response<Body>> {
+    let doc = &contract.doc;
+    let responses = doc
+        .pointer(&format!(
+            "/paths/{}/{}",
+            crate::contract::escape_pointer(&op.template),
+            op.method.as_str().to_ascii_lowercase()
+        ))?
+        .get("responses")?
+        .as_object()?;
+    let (status, response) = responses
+        .iter()
+        .filter_map(|(k, v)| k.parse::<u16>().ok().map(|c| (c, v)))
+        .filter(|(c, _)| code.map_or((200..300).contains(c), |want| *c == want))
+        .min_by_key(|(c, _)| *c)?;
+    let schema = crate::contract::resolve(doc, response)
+        .get("content")?
+        .get("application/json")?
+        .get("schema")?;
+    let body = generate::generate(doc, schema, seed);
+    let prepared_response = crate::contract::PreparedResponse {
+        status: http::StatusCode::from_u16(status).ok()?,
+        content_type: HeaderValue::from_static("application/json"),
+        body: serde_json::to_vec(&body).ok()?.into(),
+    };
+    Some(prepared(&prepared_response, "generated"))
 }
 
 /// The documented example of `op`, or `no_example`.

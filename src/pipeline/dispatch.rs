@@ -26,6 +26,8 @@ pub enum AnswerSource {
     Scenario,
     /// A fixture.
     Fixture,
+    /// Generated from the contract's schema.
+    Generated,
     /// The contract's documented example.
     Example,
     /// The real sandbox backend.
@@ -38,6 +40,7 @@ impl AnswerSource {
         match self {
             AnswerSource::Scenario => "scenario",
             AnswerSource::Fixture => "fixture",
+            AnswerSource::Generated => "generated",
             AnswerSource::Example => "example",
             AnswerSource::Upstream => "upstream",
         }
@@ -73,8 +76,20 @@ pub async fn dispatch(
             else {
                 return Err(Refusal::Internal);
             };
+            let Some(contract) = api.contract.as_ref() else {
+                return Err(Refusal::Internal);
+            };
+            // Generated answers are the same for the same request.
+            let seed = crate::facade::generate::seed_of(&[
+                parts.method.as_str().as_bytes(),
+                parts.uri.path().as_bytes(),
+                parts.uri.query().unwrap_or("").as_bytes(),
+                &bytes,
+            ]);
             // 0. An explicit `Prefer` picks a documented response.
-            if let Some(answer) = crate::facade::preferred(&api.name, op, &parts.headers) {
+            if let Some(answer) =
+                crate::facade::preferred(&api.name, contract, op, &parts.headers, seed)
+            {
                 facts.source = Some(AnswerSource::Example);
                 return answer;
             }
@@ -118,7 +133,14 @@ pub async fn dispatch(
                 facts.source = Some(AnswerSource::Fixture);
                 return Ok(resp);
             }
-            // 3. The contract's documented example.
+            // 3. The contract's documented example, else 4. a response
+            // generated from its schema.
+            if op.example.is_none()
+                && let Some(resp) = crate::facade::generated(contract, op, seed, None)
+            {
+                facts.source = Some(AnswerSource::Generated);
+                return Ok(resp);
+            }
             facts.source = Some(AnswerSource::Example);
             crate::facade::answer(&api.name, op)
         }
