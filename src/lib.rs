@@ -22,6 +22,7 @@ pub mod body;
 pub mod config;
 pub mod contract;
 pub mod demo;
+pub mod drift;
 pub mod edge;
 pub mod facade;
 pub mod gateway;

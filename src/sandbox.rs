@@ -64,6 +64,11 @@ pub struct Api {
     pub scenarios: Option<crate::facade::scenarios::Scenarios>,
     /// Fixtures (facade).
     pub fixtures: Option<crate::facade::fixtures::Fixtures>,
+    /// Checks live backend responses against the contract (APIs that
+    /// proxy and have a contract, unless `drift.sample` is 0).
+    pub drift: Option<crate::drift::Checker>,
+    /// Writes exchanges as fixtures (`record` mode).
+    pub recorder: Option<crate::facade::record::Recorder>,
     /// How long a backend may take: `upstream.timeout`, or 25 s (a facade
     /// scenario's timeout outcome waits this long).
     pub timeout: std::time::Duration,
@@ -270,6 +275,28 @@ impl Sandbox {
                     }
                 },
             };
+            let drift = contract
+                .as_ref()
+                .filter(|_| a.mode.value.uses_upstream())
+                .and_then(|c| {
+                    crate::drift::Checker::new(c, a.drift.sample.value, a.drift.max_body.as_usize())
+                });
+            let recorder = match (&a.fixtures, a.mode.value, source) {
+                (Some(rel), crate::config::Mode::Record, Source::Dir(dir)) => {
+                    Some(crate::facade::record::Recorder::new(
+                        &name,
+                        dir.join(&rel.value),
+                        &a.record.scrub_fields,
+                        scenarios
+                            .iter()
+                            .flat_map(|s| s.test_card_numbers().map(str::to_owned))
+                            .collect::<Vec<_>>()
+                            .into_iter(),
+                        a.record.max_body.as_usize(),
+                    ))
+                }
+                _ => None,
+            };
             let (max_body, max_body_rule) = match a.max_body {
                 Some(b) => (b.bytes(), format!("apis.{name}.max_body")),
                 None => (config.limits.max_body.bytes(), "limits.max_body".to_owned()),
@@ -288,6 +315,8 @@ impl Sandbox {
                 validate: a.validate,
                 scenarios,
                 fixtures,
+                drift,
+                recorder,
                 timeout: a
                     .upstream
                     .as_ref()

@@ -425,6 +425,30 @@ pub enum Mode {
     Upstream,
     /// Answered by sandgate from the API's contract (`contract`).
     Facade,
+    /// Answered by a scenario rule or fixture when one matches, otherwise
+    /// proxied to the backend (`upstream`).
+    Hybrid,
+    /// Proxied to the backend, and every JSON exchange written into the
+    /// API's `fixtures` directory as a fixture (secrets and card numbers
+    /// scrubbed), to replay later in `facade` or `hybrid` mode.
+    Record,
+}
+
+impl Mode {
+    /// Whether requests of this mode may reach the backend.
+    pub const fn uses_upstream(self) -> bool {
+        !matches!(self, Mode::Facade)
+    }
+
+    /// The name used in configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Upstream => "upstream",
+            Mode::Facade => "facade",
+            Mode::Hybrid => "hybrid",
+            Mode::Record => "record",
+        }
+    }
 }
 
 /// One API served under a path prefix.
@@ -436,7 +460,9 @@ pub struct ApiConfig {
     /// Path prefix under which the API is served, e.g. `/payments`. The
     /// longest matching prefix wins; it matches whole path segments only.
     pub prefix: Spanned<String>,
-    /// `upstream` (proxy to `upstream.url`) or `facade` (answer from `contract`).
+    /// `upstream` (proxy to `upstream.url`), `facade` (answer from
+    /// `contract`), `hybrid` (scenario rules and fixtures first, else the
+    /// backend) or `record` (proxy, and write the exchanges as fixtures).
     pub mode: Spanned<Mode>,
     /// OpenAPI 3.0 document (YAML or JSON) describing the API. Required for
     /// `facade`; optional for `upstream`, where it makes unknown operations
@@ -469,6 +495,61 @@ pub struct ApiConfig {
     /// headers and body, answered after scenario rules and before the
     /// contract's examples.
     pub fixtures: Option<Spanned<PathBuf>>,
+    /// What `record` mode writes (it writes into `fixtures`).
+    #[serde(default)]
+    pub record: RecordConfig,
+    /// Checking live backend responses against the contract (`upstream`,
+    /// `hybrid` and `record` APIs that have a `contract`).
+    #[serde(default)]
+    pub drift: DriftConfig,
+}
+
+/// How `record` mode writes fixtures.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordConfig {
+    /// Body field names (at any depth, case-insensitive) whose values are
+    /// replaced by `[scrubbed]` in recorded requests and responses, on top
+    /// of the built-in ones (`password`, `secret`, `client_secret`,
+    /// `api_key`, `token`, `access_token`, `refresh_token`, `cvc`, `cvv`).
+    pub scrub_fields: Vec<String>,
+    /// Largest response body recorded; larger exchanges are proxied but not
+    /// recorded. Default: `1MiB`.
+    pub max_body: ByteSize,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        Self {
+            scrub_fields: Vec::new(),
+            max_body: ByteSize::mib(1),
+        }
+    }
+}
+
+/// How live backend responses are checked against the contract.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Fraction of responses checked, from `0` (never) to `1` (every one).
+    /// Default: `1`.
+    pub sample: Spanned<f64>,
+    /// Largest response body checked; a larger one is passed on unchecked.
+    /// Default: `1MiB`.
+    pub max_body: ByteSize,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            sample: Spanned::new(
+                1.0,
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            ),
+            max_body: ByteSize::mib(1),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -720,13 +801,33 @@ impl Config {
                         "API `{name}` has `mode: facade` but no `contract`: the facade answers from the OpenAPI contract"
                     ),
                 ),
-                Mode::Upstream if api.upstream.is_none() => err(
+                m if m.uses_upstream() && api.upstream.is_none() => err(
                     api.mode.referenced.line(),
                     format!(
-                        "API `{name}` has `mode: upstream` but no `upstream` section with the backend `url`"
+                        "API `{name}` has `mode: {}` but no `upstream` section with the backend `url`",
+                        m.as_str()
+                    ),
+                ),
+                Mode::Hybrid if api.scenarios.is_none() && api.fixtures.is_none() => err(
+                    api.mode.referenced.line(),
+                    format!(
+                        "API `{name}` has `mode: hybrid` but neither `scenarios` nor `fixtures`: hybrid answers from them when they match, else proxies"
+                    ),
+                ),
+                Mode::Record if api.fixtures.is_none() => err(
+                    api.mode.referenced.line(),
+                    format!(
+                        "API `{name}` has `mode: record` but no `fixtures` directory to write the recordings into"
                     ),
                 ),
                 _ => {}
+            }
+            let sample = api.drift.sample.value;
+            if !(0.0..=1.0).contains(&sample) {
+                err(
+                    api.drift.sample.referenced.line(),
+                    format!("API `{name}`: drift.sample {sample} must be between 0 and 1"),
+                );
             }
             if let Some(up) = &api.upstream {
                 if let Err(m) = check_upstream_url(&up.url.value) {

@@ -9,6 +9,13 @@
 //! `headers`, `body`), `now` (Unix seconds) and `new_id(prefix)`. A string
 //! that is exactly one `{{ expression }}` keeps the expression's JSON type.
 //! Bodies without templates are checked against the contract at load.
+//!
+//! Besides the body subset, a fixture can require values at JSON pointers
+//! (`body_equals`) or strings matching a regex there (`body_regex`). A
+//! response can carry a fault instead of (or in) its answer: `reset` (the
+//! connection is reset, nothing is sent), `malformed_body` (the body is cut
+//! in half, so it is not valid JSON) or `timeout` (504 after the API's
+//! timeout, as a backend that never answers).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,6 +56,13 @@ struct FixtureConfig {
     headers: BTreeMap<String, String>,
     /// A JSON value the typed body must contain (objects: a subset).
     body: Option<Value>,
+    /// JSON pointer → the value the typed body must have there.
+    #[serde(default)]
+    body_equals: BTreeMap<String, Value>,
+    /// JSON pointer → a regex the value there (a string, or a number as
+    /// text) must match.
+    #[serde(default)]
+    body_regex: BTreeMap<String, Spanned<String>>,
     /// Higher first. Default: 0; ties keep file order.
     #[serde(default)]
     priority: i32,
@@ -65,6 +79,34 @@ struct ResponseConfig {
     body: Option<Value>,
     /// Wait this long before answering (e.g. `300ms`).
     delay: Option<crate::config::Duration>,
+    /// Misbehave: `reset`, `malformed_body` or `timeout`.
+    fault: Option<Fault>,
+}
+
+/// A fixture's way of failing, as a broken backend would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    /// Reset the connection (TCP RST) without sending a response.
+    Reset,
+    /// Send the status and headers, then a body cut in half (invalid JSON).
+    MalformedBody,
+    /// Answer 504 `upstream_timeout` after the API's timeout.
+    Timeout,
+}
+
+/// What a matching fixture answers.
+#[derive(Debug)]
+pub enum Answer {
+    /// This response.
+    Respond(Response<Body>),
+    /// Reset the connection; fixture `name` asked for it.
+    Reset {
+        /// The fixture's name.
+        name: String,
+    },
+    /// Time out as a backend would.
+    Timeout,
 }
 
 /// One compiled fixture.
@@ -79,12 +121,15 @@ struct Fixture {
     query: Vec<(String, String)>,
     headers: Vec<(HeaderName, String)>,
     body: Option<Value>,
+    body_equals: Vec<(String, Value)>,
+    body_regex: Vec<(String, regex::Regex)>,
     priority: i32,
     status: StatusCode,
     response_headers: Vec<(HeaderName, HeaderValue)>,
     response_body: Option<Value>,
     templated: bool,
     delay: Option<Duration>,
+    fault: Option<Fault>,
 }
 
 /// The fixtures of one API, highest priority first.
@@ -174,7 +219,7 @@ impl Fixtures {
     }
 
     /// The answer of the first fixture that matches, if any.
-    pub async fn answer(&self, req: &Request<'_>) -> Option<Response<Body>> {
+    pub async fn answer(&self, req: &Request<'_>) -> Option<Answer> {
         let query: Vec<(String, String)> = req
             .query
             .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
@@ -187,7 +232,15 @@ impl Fixtures {
         if let Some(d) = fixture.delay {
             tokio::time::sleep(d).await;
         }
-        Some(fixture.respond(req, &segments, &query))
+        Some(match fixture.fault {
+            Some(Fault::Reset) => Answer::Reset {
+                name: fixture.name.clone(),
+            },
+            Some(Fault::Timeout) => Answer::Timeout,
+            Some(Fault::MalformedBody) | None => {
+                Answer::Respond(fixture.respond(req, &segments, &query))
+            }
+        })
     }
 }
 
@@ -242,6 +295,30 @@ fn compile(f: FixtureConfig, contract: Option<&Contract>) -> Result<Fixture, (u6
             .map_err(|_| err(format!("header `{k}` has an invalid value")))?;
         response_headers.push((h, v));
     }
+    let mut body_equals = Vec::new();
+    for (pointer, value) in f.body_equals {
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            return Err(err(format!(
+                "body_equals: `{pointer}` is not a JSON pointer (it starts with `/`)"
+            )));
+        }
+        body_equals.push((pointer, value));
+    }
+    let mut body_regex = Vec::new();
+    for (pointer, re) in f.body_regex {
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            return Err(err(format!(
+                "body_regex: `{pointer}` is not a JSON pointer (it starts with `/`)"
+            )));
+        }
+        let compiled = regex::Regex::new(&re.value).map_err(|e| {
+            (
+                re.referenced.line(),
+                format!("fixture `{name}`: body_regex `{pointer}`: {e}"),
+            )
+        })?;
+        body_regex.push((pointer, compiled));
+    }
     let templated = f.response.body.as_ref().is_some_and(has_template);
     let mut env = minijinja::Environment::new();
     if let Some(body) = &f.response.body {
@@ -264,12 +341,15 @@ fn compile(f: FixtureConfig, contract: Option<&Contract>) -> Result<Fixture, (u6
         query: f.query.into_iter().collect(),
         headers,
         body: f.body,
+        body_equals,
+        body_regex,
         priority: f.priority,
         status,
         response_headers,
         response_body: f.response.body,
         templated,
         delay: f.response.delay.map(|d| d.get()),
+        fault: f.response.fault,
     })
 }
 
@@ -389,11 +469,23 @@ impl Fixture {
         }) {
             return false;
         }
-        match (&self.body, req.body) {
-            (None, _) => true,
-            (Some(want), Some(have)) => contains(have, want),
-            (Some(_), None) => false,
+        if self.body.is_none() && self.body_equals.is_empty() && self.body_regex.is_empty() {
+            return true;
         }
+        let Some(have) = req.body else {
+            return false;
+        };
+        self.body.as_ref().is_none_or(|want| contains(have, want))
+            && self
+                .body_equals
+                .iter()
+                .all(|(p, want)| have.pointer(p).is_some_and(|v| contains(v, want)))
+            && self.body_regex.iter().all(|(p, re)| match have.pointer(p) {
+                Some(Value::String(s)) => re.is_match(s),
+                Some(Value::Number(n)) => re.is_match(&n.to_string()),
+                Some(Value::Bool(b)) => re.is_match(if *b { "true" } else { "false" }),
+                _ => false,
+            })
     }
 
     fn respond(
@@ -402,7 +494,7 @@ impl Fixture {
         segments: &[&str],
         query: &[(String, String)],
     ) -> Response<Body> {
-        let body = match (&self.response_body, self.templated) {
+        let mut body = match (&self.response_body, self.templated) {
             (None, _) => Bytes::new(),
             (Some(b), false) => Bytes::from(serde_json::to_vec(b).unwrap_or_default()),
             (Some(b), true) => {
@@ -411,6 +503,14 @@ impl Fixture {
                 Bytes::from(serde_json::to_vec(&render(&env, b, &ctx)).unwrap_or_default())
             }
         };
+        if self.fault == Some(Fault::MalformedBody) {
+            // Half a JSON document is never a JSON document.
+            body = if body.len() < 2 {
+                Bytes::from_static(b"{\"")
+            } else {
+                body.slice(..body.len() / 2)
+            };
+        }
         let mut resp = Response::new(full(body.clone()));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
@@ -424,6 +524,9 @@ impl Fixture {
             h.insert(k.clone(), v.clone());
         }
         h.insert(super::SANDGATE_SOURCE, HeaderValue::from_static("fixture"));
+        if self.fault == Some(Fault::MalformedBody) {
+            h.insert(SANDGATE_FAULT, HeaderValue::from_static("malformed_body"));
+        }
         if let Ok(v) = HeaderValue::from_str(&self.name) {
             h.insert(SANDGATE_FIXTURE, v);
         }
@@ -470,6 +573,9 @@ impl Fixture {
 
 /// The response header naming the fixture that answered.
 pub const SANDGATE_FIXTURE: HeaderName = HeaderName::from_static("sandgate-fixture");
+
+/// The response header naming a fault a fixture injected on purpose.
+pub const SANDGATE_FAULT: HeaderName = HeaderName::from_static("sandgate-fault");
 
 fn environment() -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();

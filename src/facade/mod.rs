@@ -5,6 +5,7 @@
 
 pub mod fixtures;
 pub mod generate;
+pub mod record;
 pub mod scenarios;
 
 use http::{HeaderValue, Response, header};
@@ -51,13 +52,17 @@ pub async fn scenario(
             }
             Ok(resp)
         }
-        scenarios::Answer::Timeout => {
-            tokio::time::sleep(api.timeout).await;
-            Err(Refusal::UpstreamTimeout {
-                api: api.name.to_string(),
-                after: humantime::format_duration(api.timeout).to_string(),
-            })
-        }
+        scenarios::Answer::Timeout => Err(timed_out(api).await),
+    }
+}
+
+/// Waits the API's timeout, then refuses as a backend that never answered
+/// would be refused (504 `upstream_timeout`).
+pub async fn timed_out(api: &crate::sandbox::Api) -> Refusal {
+    tokio::time::sleep(api.timeout).await;
+    Refusal::UpstreamTimeout {
+        api: api.name.to_string(),
+        after: humantime::format_duration(api.timeout).to_string(),
     }
 }
 

@@ -392,6 +392,18 @@ pub fn looks_like_card(s: &str) -> bool {
     sum.is_multiple_of(10)
 }
 
+impl Scenarios {
+    /// Every card number that a `card_numbers` rule lists (the sandbox's
+    /// test cards), digits only.
+    pub fn test_card_numbers(&self) -> impl Iterator<Item = &str> {
+        self.by_operation
+            .iter()
+            .flatten()
+            .filter(|r| r.card_numbers)
+            .flat_map(|r| r.table.keys().map(String::as_str))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,117 +60,343 @@ pub async fn dispatch(
     edge::check_content_length(&parts.headers, api.max_body, &api.max_body_rule)?;
     match api.mode {
         Mode::Facade => {
-            // The body is read (within its limit) even though examples don't
-            // use it yet, so an oversized chunked upload is refused, not ignored.
-            let bytes = match body {
-                RequestBody::Streaming(body) => {
-                    edge::read_body(body, api.max_body, &api.max_body_rule).await?
-                }
-                RequestBody::Read(bytes) => bytes,
-            };
-            let Some((index, op)) = api
-                .contract
-                .as_ref()
-                .zip(routed.operation)
-                .map(|(c, i)| (i, &c.operations[i]))
-            else {
-                return Err(Refusal::Internal);
-            };
-            let Some(contract) = api.contract.as_ref() else {
-                return Err(Refusal::Internal);
-            };
-            // Generated answers are the same for the same request.
-            let seed = crate::facade::generate::seed_of(&[
-                parts.method.as_str().as_bytes(),
-                parts.uri.path().as_bytes(),
-                parts.uri.query().unwrap_or("").as_bytes(),
-                &bytes,
-            ]);
-            // 0. An explicit `Prefer` picks a documented response.
-            if let Some(answer) =
-                crate::facade::preferred(&api.name, contract, op, &parts.headers, seed)
-            {
-                facts.source = Some(AnswerSource::Example);
+            // Read (within its limit) even when no rule looks at it, so an
+            // oversized chunked upload is refused, not ignored.
+            let bytes = read(api, body).await?;
+            facade(&routed, &parts, &bytes, conn, facts).await
+        }
+        Mode::Upstream => proxy(&routed, parts, body, conn, principal, facts).await,
+        Mode::Hybrid => {
+            let bytes = read(api, body).await?;
+            let typed = typed_body(&routed, &parts, &bytes);
+            if let Some(answer) = rules(&routed, &parts, typed.as_ref(), conn, facts).await {
                 return answer;
             }
-            let wants_body = api.scenarios.as_ref().is_some_and(|s| s.applies_to(index))
-                || api.fixtures.as_ref().is_some_and(|f| !f.is_empty());
-            let typed = if wants_body && !bytes.is_empty() {
-                op.request.typed_body(&parts.headers, &bytes)
-            } else {
-                None
-            };
-            // 1. Scenario rules, keyed on a value of the (typed) body.
-            if let Some(scenarios) = api.scenarios.as_ref().filter(|s| s.applies_to(index))
-                && let Some(value) = &typed
-            {
-                match scenarios.find(index, value) {
-                    Matched::Answer { rule, answer } => {
-                        facts.source = Some(AnswerSource::Scenario);
-                        return crate::facade::scenario(api, rule, answer).await;
-                    }
-                    Matched::RealCard { pointer } => {
-                        return Err(Refusal::RealCardNumber {
-                            api: api.name.to_string(),
-                            pointer: pointer.to_owned(),
-                        });
-                    }
-                    Matched::None => {}
-                }
-            }
-            // 2. Fixtures.
-            if let Some(fixtures) = &api.fixtures
-                && let Some(resp) = fixtures
-                    .answer(&crate::facade::fixtures::Request {
-                        method: &parts.method,
-                        path: routed.api_path(parts.uri.path()),
-                        query: parts.uri.query(),
-                        headers: &parts.headers,
-                        body: typed.as_ref(),
-                    })
-                    .await
-            {
-                facts.source = Some(AnswerSource::Fixture);
-                return Ok(resp);
-            }
-            // 3. The contract's documented example, else 4. a response
-            // generated from its schema.
-            if op.example.is_none()
-                && let Some(resp) = crate::facade::generated(contract, op, seed, None)
-            {
-                facts.source = Some(AnswerSource::Generated);
-                return Ok(resp);
-            }
-            facts.source = Some(AnswerSource::Example);
-            crate::facade::answer(&api.name, op)
+            proxy(
+                &routed,
+                parts,
+                RequestBody::Read(bytes),
+                conn,
+                principal,
+                facts,
+            )
+            .await
         }
-        Mode::Upstream => {
-            let Some(upstream) = &api.upstream else {
-                return Err(Refusal::Internal);
+        Mode::Record => {
+            let bytes = read(api, body).await?;
+            let typed = typed_body(&routed, &parts, &bytes);
+            let method = parts.method.clone();
+            let path = routed.api_path(parts.uri.path()).to_owned();
+            let query = parts.uri.query().map(str::to_owned);
+            let resp = proxy(
+                &routed,
+                parts,
+                RequestBody::Read(bytes),
+                conn,
+                principal,
+                facts,
+            )
+            .await?;
+            let Some(recorder) = &api.recorder else {
+                return Ok(resp);
             };
-            facts.source = Some(AnswerSource::Upstream);
-            let fwd = Forwarded {
-                client_ip: conn.remote.ip(),
-                proto: if conn.tls { "https" } else { "http" },
-                host: parts.headers.get(http::header::HOST).cloned().or_else(|| {
-                    parts
-                        .uri
-                        .authority()
-                        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-                }),
-                request_id: &facts.request_id,
-                tenant: principal.map(|p| p.tenant.id.as_str()),
-            };
-            upstream
-                .forward(
-                    parts,
-                    body,
-                    routed.strip,
-                    api.max_body,
-                    &api.max_body_rule,
-                    fwd,
-                )
-                .await
+            let (head, body) = resp.into_parts();
+            let peeked = peek(api, body, recorder.max_body).await?;
+            match &peeked.complete {
+                None => recorder.skipped("too_large"),
+                Some(bytes) => match response_json(&head.headers, bytes) {
+                    Err(why) => recorder.skipped(why),
+                    Ok(response_body) => recorder.record(&crate::facade::record::Exchange {
+                        operation: operation(&routed).map(|op| op.id.as_str()),
+                        method: &method,
+                        path: &path,
+                        query: query.as_deref(),
+                        request_body: typed,
+                        status: head.status,
+                        headers: &head.headers,
+                        response_body,
+                    }),
+                },
+            }
+            Ok(Response::from_parts(head, peeked.body))
+        }
+    }
+}
+
+/// Reads the request body within the API's limit.
+async fn read(api: &crate::sandbox::Api, body: RequestBody) -> Result<bytes::Bytes, Refusal> {
+    match body {
+        RequestBody::Streaming(body) => {
+            edge::read_body(body, api.max_body, &api.max_body_rule).await
+        }
+        RequestBody::Read(bytes) => Ok(bytes),
+    }
+}
+
+/// The routed operation, when the API has a contract.
+fn operation<'a>(routed: &Routed<'a>) -> Option<&'a crate::contract::Operation> {
+    routed
+        .api
+        .contract
+        .as_ref()
+        .zip(routed.operation)
+        .map(|(c, i)| &c.operations[i])
+}
+
+/// The request body as rules and fixtures see it: typed by the contract, or
+/// parsed as JSON when there is no contract to type it.
+fn typed_body(routed: &Routed<'_>, parts: &Parts, bytes: &[u8]) -> Option<serde_json::Value> {
+    if bytes.is_empty() {
+        return None;
+    }
+    match operation(routed) {
+        Some(op) => op.request.typed_body(&parts.headers, bytes),
+        None => serde_json::from_slice(bytes).ok(),
+    }
+}
+
+/// Scenario rules, then fixtures: the answer of the first that matches.
+async fn rules(
+    routed: &Routed<'_>,
+    parts: &Parts,
+    typed: Option<&serde_json::Value>,
+    conn: &ConnInfo,
+    facts: &mut RequestFacts,
+) -> Option<Result<Response<Body>, Refusal>> {
+    let api = routed.api;
+    // 1. Scenario rules, keyed on a value of the (typed) body.
+    if let Some(index) = routed.operation
+        && let Some(scenarios) = api.scenarios.as_ref().filter(|s| s.applies_to(index))
+        && let Some(value) = typed
+    {
+        match scenarios.find(index, value) {
+            Matched::Answer { rule, answer } => {
+                facts.source = Some(AnswerSource::Scenario);
+                return Some(crate::facade::scenario(api, rule, answer).await);
+            }
+            Matched::RealCard { pointer } => {
+                return Some(Err(Refusal::RealCardNumber {
+                    api: api.name.to_string(),
+                    pointer: pointer.to_owned(),
+                }));
+            }
+            Matched::None => {}
+        }
+    }
+    // 2. Fixtures.
+    if let Some(fixtures) = &api.fixtures
+        && let Some(answer) = fixtures
+            .answer(&crate::facade::fixtures::Request {
+                method: &parts.method,
+                path: routed.api_path(parts.uri.path()),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+                body: typed,
+            })
+            .await
+    {
+        facts.source = Some(AnswerSource::Fixture);
+        return Some(fixture_answer(api, conn, answer).await);
+    }
+    None
+}
+
+/// The facade: Prefer, scenario rules, fixtures, the documented example,
+/// a generated response.
+async fn facade(
+    routed: &Routed<'_>,
+    parts: &Parts,
+    bytes: &bytes::Bytes,
+    conn: &ConnInfo,
+    facts: &mut RequestFacts,
+) -> Result<Response<Body>, Refusal> {
+    let api = routed.api;
+    let (Some(contract), Some(op)) = (api.contract.as_ref(), operation(routed)) else {
+        return Err(Refusal::Internal);
+    };
+    // Generated answers are the same for the same request.
+    let seed = crate::facade::generate::seed_of(&[
+        parts.method.as_str().as_bytes(),
+        parts.uri.path().as_bytes(),
+        parts.uri.query().unwrap_or("").as_bytes(),
+        bytes,
+    ]);
+    // 0. An explicit `Prefer` picks a documented response.
+    if let Some(answer) = crate::facade::preferred(&api.name, contract, op, &parts.headers, seed) {
+        facts.source = Some(AnswerSource::Example);
+        return answer;
+    }
+    let wants_body = routed
+        .operation
+        .is_some_and(|i| api.scenarios.as_ref().is_some_and(|s| s.applies_to(i)))
+        || api.fixtures.as_ref().is_some_and(|f| !f.is_empty());
+    let typed = if wants_body {
+        typed_body(routed, parts, bytes)
+    } else {
+        None
+    };
+    // 1. Scenario rules and 2. fixtures.
+    if let Some(answer) = rules(routed, parts, typed.as_ref(), conn, facts).await {
+        return answer;
+    }
+    // 3. The contract's documented example, else 4. a response generated
+    // from its schema.
+    if op.example.is_none()
+        && let Some(resp) = crate::facade::generated(contract, op, seed, None)
+    {
+        facts.source = Some(AnswerSource::Generated);
+        return Ok(resp);
+    }
+    facts.source = Some(AnswerSource::Example);
+    crate::facade::answer(&api.name, op)
+}
+
+/// Forwards to the API's backend, checking the response for drift.
+async fn proxy(
+    routed: &Routed<'_>,
+    parts: Parts,
+    body: RequestBody,
+    conn: &ConnInfo,
+    principal: Option<&Principal>,
+    facts: &mut RequestFacts,
+) -> Result<Response<Body>, Refusal> {
+    let api = routed.api;
+    let Some(upstream) = &api.upstream else {
+        return Err(Refusal::Internal);
+    };
+    facts.source = Some(AnswerSource::Upstream);
+    let fwd = Forwarded {
+        client_ip: conn.remote.ip(),
+        proto: if conn.tls { "https" } else { "http" },
+        host: parts.headers.get(http::header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+        }),
+        request_id: &facts.request_id,
+        tenant: principal.map(|p| p.tenant.id.as_str()),
+    };
+    let resp = upstream
+        .forward(
+            parts,
+            body,
+            routed.strip,
+            api.max_body,
+            &api.max_body_rule,
+            fwd,
+        )
+        .await?;
+    match (&api.drift, api.contract.as_ref(), routed.operation) {
+        (Some(checker), Some(contract), Some(op)) if checker.sampled() => {
+            check_drift(api, checker, contract, op, resp).await
+        }
+        _ => Ok(resp),
+    }
+}
+
+/// Reads the response (up to `drift.max_body`) and checks it against the
+/// contract: a mismatch is counted, logged and named in a header.
+async fn check_drift(
+    api: &crate::sandbox::Api,
+    checker: &crate::drift::Checker,
+    contract: &crate::contract::Contract,
+    op: usize,
+    resp: Response<Body>,
+) -> Result<Response<Body>, Refusal> {
+    let (mut head, body) = resp.into_parts();
+    let peeked = peek(api, body, checker.max_body).await?;
+    let Some(bytes) = &peeked.complete else {
+        metrics::counter!("sandgate_contract_drift_unchecked_total", "api" => api.name.to_string(), "why" => "too_large").increment(1);
+        return Ok(Response::from_parts(head, peeked.body));
+    };
+    let content_type = head
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let drifts = checker.check(contract, op, head.status, content_type, bytes);
+    if !drifts.is_empty() {
+        let operation = contract.operations[op].id.as_str();
+        metrics::counter!("sandgate_contract_drift_total", "api" => api.name.to_string(), "operation" => operation.to_owned()).increment(1);
+        for d in &drifts {
+            tracing::warn!(api = %api.name, operation, status = head.status.as_u16(), at = %d.at, problem = %d.message, "contract drift: the backend's response does not match the contract");
+        }
+        head.headers.insert(
+            crate::drift::SANDGATE_CONTRACT_DRIFT,
+            crate::drift::header_value(&drifts),
+        );
+    }
+    Ok(Response::from_parts(head, peeked.body))
+}
+
+/// Reads up to `max` bytes of a backend's response body, within the API's
+/// timeout (the head arrived in time; a body that stalls is a timeout too).
+async fn peek(
+    api: &crate::sandbox::Api,
+    body: Body,
+    max: usize,
+) -> Result<crate::body::Peeked, Refusal> {
+    match tokio::time::timeout(api.timeout, crate::body::peek(body, max)).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => {
+            tracing::warn!(api = %api.name, error = %e, "backend response body failed");
+            Err(Refusal::UpstreamError {
+                api: api.name.to_string(),
+            })
+        }
+        Err(_) => Err(Refusal::UpstreamTimeout {
+            api: api.name.to_string(),
+            after: humantime::format_duration(api.timeout).to_string(),
+        }),
+    }
+}
+
+/// A backend's body as JSON for a recording, or why it is not recorded.
+fn response_json(
+    headers: &http::HeaderMap,
+    bytes: &[u8],
+) -> Result<Option<serde_json::Value>, &'static str> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| {
+            let m = m.trim().to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+        .unwrap_or(false);
+    if !json {
+        return Err("not_json");
+    }
+    serde_json::from_slice(bytes)
+        .map(Some)
+        .map_err(|_| "invalid_json")
+}
+
+/// Turns a fixture's answer into the response, carrying out its fault.
+async fn fixture_answer(
+    api: &crate::sandbox::Api,
+    conn: &ConnInfo,
+    answer: crate::facade::fixtures::Answer,
+) -> Result<Response<Body>, Refusal> {
+    use crate::facade::fixtures::Answer;
+    match answer {
+        Answer::Respond(resp) => Ok(resp),
+        Answer::Timeout => Err(crate::facade::timed_out(api).await),
+        Answer::Reset { name } => {
+            tracing::debug!(api = %api.name, fixture = %name, "fixture fault: resetting the connection");
+            conn.reset.reset();
+            // Never written: the connection is reset before the head goes out.
+            let mut resp = Response::new(crate::body::empty());
+            *resp.status_mut() = http::StatusCode::BAD_GATEWAY;
+            resp.headers_mut().insert(
+                crate::facade::fixtures::SANDGATE_FAULT,
+                http::HeaderValue::from_static("reset"),
+            );
+            Ok(resp)
         }
     }
 }

@@ -3,6 +3,7 @@
 //! (ALPN on TLS, prior knowledge on plain TCP), protocol limits, and
 //! graceful draining on shutdown.
 
+mod reset;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -25,6 +26,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 use crate::config::{LimitsConfig, TimeoutsConfig};
+
+pub use reset::ResetSwitch;
+use reset::Resettable;
 
 thread_local! {
     static WORKER_SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
@@ -51,6 +55,9 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client's verified certificate chain (leaf first), when it sent one.
     pub peer_certificates: Option<Vec<CertificateDer<'static>>>,
+    /// Resets the connection (TCP RST) instead of writing anything more:
+    /// the fixture fault `reset`.
+    pub reset: ResetSwitch,
 }
 
 /// Something that answers requests: the public gateway or the admin API.
@@ -172,12 +179,15 @@ pub async fn serve<H: Handler>(
             let _permit = permit;
             match tls {
                 None => {
+                    let reset = ResetSwitch::default();
                     let info = Arc::new(ConnInfo {
                         remote,
                         tls: false,
                         peer_certificates: None,
+                        reset: reset.clone(),
                     });
-                    serve_conn(TokioIo::new(stream), info, handler, &settings, conn_stop).await;
+                    let io = TokioIo::new(Resettable::new(stream, reset));
+                    serve_conn(io, info, handler, &settings, conn_stop).await;
                 }
                 Some(acceptor) => {
                     let tls_stream =
@@ -203,19 +213,15 @@ pub async fn serve<H: Handler>(
                         .1
                         .peer_certificates()
                         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
+                    let reset = ResetSwitch::default();
                     let info = Arc::new(ConnInfo {
                         remote,
                         tls: true,
                         peer_certificates: peer,
+                        reset: reset.clone(),
                     });
-                    serve_conn(
-                        TokioIo::new(tls_stream),
-                        info,
-                        handler,
-                        &settings,
-                        conn_stop,
-                    )
-                    .await;
+                    let io = TokioIo::new(Resettable::new(tls_stream, reset));
+                    serve_conn(io, info, handler, &settings, conn_stop).await;
                 }
             }
         });
