@@ -52,8 +52,7 @@ enum Command {
         #[arg(long, short = 'c', value_name = "DIR")]
         config: Option<PathBuf>,
     },
-    /// Replay an API's request examples and fixtures against a target and
-    /// check every answer against the contract.
+    /// Replay an API's examples and fixtures against a target; check the answers
     ///
     /// Each operation of the API's contract gets one case per documented
     /// request example (or, with none, one request built from the
@@ -69,9 +68,12 @@ enum Command {
     ///
     /// Example, against a gateway serving the API under /payments:
     ///
-    ///   sandgate contract-test -c sandbox/ --api payments
-    ///     --target http://127.0.0.1:8080/payments
+    ///   sandgate contract-test -c sandbox/ --api payments \
+    ///     --target http://127.0.0.1:8080/payments \
     ///     --api-key "$SANDBOX_KEY" --junit contract-test.xml
+    ///
+    /// --target is the URL the contract's paths are appended to. See
+    /// docs/contract-test.md for how requests are built and what is checked.
     #[command(verbatim_doc_comment)]
     ContractTest {
         /// Sandbox directory containing sandgate.yaml (default: the bundled demo).
