@@ -521,19 +521,30 @@ fn contract_mismatch(
         &components,
     ))
     .ok()?;
-    compiled.violations(body, 1).first().map(|v| {
-        format!(
-            "the response body does not match the contract for {} {} {status} at {}: {}",
-            op.method,
-            op.template,
-            if v.pointer.is_empty() {
-                "/"
-            } else {
-                &v.pointer
-            },
-            v.message
-        )
-    })
+    let violations = compiled.violations(body, 10);
+    if violations.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = violations
+        .iter()
+        .map(|v| {
+            format!(
+                "at {}: {}",
+                if v.pointer.is_empty() {
+                    "/"
+                } else {
+                    &v.pointer
+                },
+                v.message
+            )
+        })
+        .collect();
+    Some(format!(
+        "the response body does not match the contract for {} {} {status}: {}",
+        op.method,
+        op.template,
+        each.join("; ")
+    ))
 }
 
 /// Whether `want` is contained in `have` (objects: every member of `want`
