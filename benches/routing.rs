@@ -309,6 +309,7 @@ fn facade_benches(c: &mut Criterion) {
         scenarios.find(op, &typed),
         sandgate::facade::scenarios::Matched::Answer { .. }
     ));
+    fixture_benches(c, &sb);
     c.bench_function("scenarios/type the body and find the rule", |b| {
         b.iter(|| {
             let typed = create
@@ -320,5 +321,50 @@ fn facade_benches(c: &mut Criterion) {
                 sandgate::facade::scenarios::Matched::Answer { .. }
             )
         })
+    });
+}
+
+/// Fixture matching with 1,000 fixtures: the last one matching (every
+/// fixture is looked at) and a request none matches.
+fn fixture_benches(c: &mut Criterion, demo: &Sandbox) {
+    use sandgate::facade::fixtures::{Fixtures, Request};
+
+    let contract = demo.apis[0].contract.as_ref().expect("contract");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut text = String::from("fixtures:\n");
+    for i in 0..1000 {
+        text.push_str(&format!(
+            "  - name: f{i}\n    method: POST\n    path: /v1/payment_intents\n    body: {{ metadata: {{ order_id: \"{i}\" }} }}\n    response: {{ status: 200, body: {{ n: \"{{{{ body.amount }}}}\" }} }}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("many.yaml"), text).expect("write");
+    let source = sandgate::config::Source::Dir(dir.path().to_owned());
+    let fixtures = Fixtures::load(
+        &source,
+        std::path::Path::new("."),
+        Some(contract),
+        std::path::Path::new("sandgate.yaml"),
+        0,
+    )
+    .expect("fixtures load");
+    let headers = http::HeaderMap::new();
+    let last =
+        serde_json::json!({"amount": 2000, "currency": "usd", "metadata": {"order_id": "999"}});
+    let none =
+        serde_json::json!({"amount": 2000, "currency": "usd", "metadata": {"order_id": "x"}});
+    let req = |body| Request {
+        method: &http::Method::POST,
+        path: "/v1/payment_intents",
+        query: None,
+        headers: &headers,
+        body: Some(body),
+    };
+    assert_eq!(fixtures.find(&req(&last)), Some("f999"));
+    assert_eq!(fixtures.find(&req(&none)), None);
+    c.bench_function("fixtures/1000 fixtures, the last matches", |b| {
+        b.iter(|| fixtures.find(black_box(&req(&last))).is_some())
+    });
+    c.bench_function("fixtures/1000 fixtures, none matches", |b| {
+        b.iter(|| fixtures.find(black_box(&req(&none))).is_none())
     });
 }

@@ -158,6 +158,20 @@ fn check_reports_broken_sandboxes_as_file_line_message() {
             "client_ca",
         ),
         (
+            "fixture body the contract does not allow",
+            format!("{HEAD}    fixtures: fx\n"),
+            vec![
+                ("contracts/c.yaml", PAYMENTS),
+                (
+                    "fx/bad.yaml",
+                    "fixtures:\n  - name: wrong\n    method: GET\n    path: /v1/customers/cus_1\n    response:\n      status: 200\n      body: { id: 42, object: customer, created: 1, email: null, name: null, description: null, phone: null, metadata: {}, livemode: maybe }\n",
+                ),
+            ],
+            "fx/bad.yaml",
+            6,
+            "at /id: 42 is not of type \"string\"; at /livemode:",
+        ),
+        (
             "contract with a YAML syntax error",
             HEAD.to_owned(),
             vec![(

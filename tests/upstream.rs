@@ -1074,3 +1074,31 @@ async fn an_h2c_client_reaches_an_http11_upstream() {
     }
     assert_eq!(seen[1].body_len, 300_000);
 }
+
+#[tokio::test]
+async fn an_http_1_0_backend_does_not_downgrade_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let gw = gateway(&api("old", &format!("http://{addr}"), "", "")).await;
+    let c = common::client();
+    for _ in 0..2 {
+        let resp = c.get(gw.url("/old/x")).send().await.expect("request");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), Version::HTTP_11);
+        assert!(resp.headers().get("connection").is_none());
+        assert_eq!(resp.text().await.expect("body"), "ok");
+    }
+    assert!(gw.shutdown().await);
+}

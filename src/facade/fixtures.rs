@@ -136,6 +136,93 @@ struct Fixture {
 #[derive(Debug, Default)]
 pub struct Fixtures {
     list: Vec<Fixture>,
+    index: Index,
+}
+
+/// Finds the few fixtures that can match a request without looking at
+/// every one: a fixture whose body matchers fix a scalar at some JSON
+/// pointer is filed under (pointer, value as text); the request's value at
+/// each such pointer is looked up once. Fixtures with no such value are
+/// always candidates. Candidates are then checked in full, in list order,
+/// so the index only ever skips fixtures that cannot match.
+#[derive(Debug, Default)]
+struct Index {
+    /// Per pointer: value text → positions in the list.
+    by_value: Vec<(String, std::collections::HashMap<String, Vec<usize>>)>,
+    /// Positions of fixtures without an indexed value.
+    always: Vec<usize>,
+}
+
+impl Index {
+    fn build(list: &[Fixture]) -> Index {
+        let mut index = Index::default();
+        for (i, f) in list.iter().enumerate() {
+            let key = f
+                .body_equals
+                .iter()
+                .find_map(|(p, v)| scalar_text(v).map(|t| (p.clone(), t)))
+                .or_else(|| f.body.as_ref().and_then(|b| first_leaf(b, String::new())));
+            match key {
+                None => index.always.push(i),
+                Some((pointer, text)) => {
+                    let slot = match index.by_value.iter().position(|(p, _)| *p == pointer) {
+                        Some(slot) => slot,
+                        None => {
+                            index.by_value.push((pointer, Default::default()));
+                            index.by_value.len() - 1
+                        }
+                    };
+                    index.by_value[slot].1.entry(text).or_default().push(i);
+                }
+            }
+        }
+        index
+    }
+
+    /// Positions of the fixtures that may match a request with `body`, in
+    /// list order.
+    fn candidates(&self, body: Option<&Value>) -> Vec<usize> {
+        let mut out = self.always.clone();
+        if let Some(body) = body {
+            for (pointer, map) in &self.by_value {
+                if let Some(hits) = body
+                    .pointer(pointer)
+                    .and_then(scalar_text)
+                    .and_then(|t| map.get(&t))
+                {
+                    out.extend_from_slice(hits);
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
+/// A scalar as the text `contains` compares it by (`None`: not indexable).
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The first scalar reached through objects only, with its pointer.
+fn first_leaf(v: &Value, pointer: String) -> Option<(String, String)> {
+    match v {
+        Value::Object(o) => o.iter().find_map(|(k, x)| {
+            first_leaf(
+                x,
+                format!("{pointer}/{}", crate::contract::escape_pointer(k)),
+            )
+        }),
+        // An array is compared whole; the whole body is not a pointer key.
+        Value::Array(_) => None,
+        _ if pointer.is_empty() => None,
+        other => scalar_text(other).map(|t| (pointer, t)),
+    }
 }
 
 /// The request facts a fixture matches on and renders with.
@@ -210,7 +297,8 @@ impl Fixtures {
         }
         // Stable: equal priorities keep file order.
         list.sort_by_key(|f| std::cmp::Reverse(f.priority));
-        Ok(Fixtures { list })
+        let index = Index::build(&list);
+        Ok(Fixtures { list, index })
     }
 
     /// Whether there are none.
@@ -218,17 +306,28 @@ impl Fixtures {
         self.list.is_empty()
     }
 
+    /// The first fixture that matches, if any, with the request's path
+    /// segments and query.
+    fn first<'r>(&self, req: &Request<'r>) -> Option<(&Fixture, Segments<'r>, Query)> {
+        let query = parse_query(req.query);
+        let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+        let found = self
+            .index
+            .candidates(req.body)
+            .into_iter()
+            .map(|i| &self.list[i])
+            .find(|f| f.matches(req, &segments, &query))?;
+        Some((found, segments, query))
+    }
+
+    /// The name of the first fixture that matches, if any.
+    pub fn find(&self, req: &Request<'_>) -> Option<&str> {
+        self.first(req).map(|(f, _, _)| f.name.as_str())
+    }
+
     /// The answer of the first fixture that matches, if any.
     pub async fn answer(&self, req: &Request<'_>) -> Option<Answer> {
-        let query: Vec<(String, String)> = req
-            .query
-            .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-            .unwrap_or_default();
-        let segments: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
-        let fixture = self
-            .list
-            .iter()
-            .find(|f| f.matches(req, &segments, &query))?;
+        let (fixture, segments, query) = self.first(req)?;
         if let Some(d) = fixture.delay {
             tokio::time::sleep(d).await;
         }
@@ -242,6 +341,17 @@ impl Fixtures {
             }
         })
     }
+}
+
+/// A request path split at `/`.
+type Segments<'r> = Vec<&'r str>;
+/// A request query, decoded.
+type Query = Vec<(String, String)>;
+
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 fn compile(f: FixtureConfig, contract: Option<&Contract>) -> Result<Fixture, (u64, String)> {
@@ -411,19 +521,30 @@ fn contract_mismatch(
         &components,
     ))
     .ok()?;
-    compiled.violations(body, 1).first().map(|v| {
-        format!(
-            "the response body does not match the contract for {} {} {status} at {}: {}",
-            op.method,
-            op.template,
-            if v.pointer.is_empty() {
-                "/"
-            } else {
-                &v.pointer
-            },
-            v.message
-        )
-    })
+    let violations = compiled.violations(body, 10);
+    if violations.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = violations
+        .iter()
+        .map(|v| {
+            format!(
+                "at {}: {}",
+                if v.pointer.is_empty() {
+                    "/"
+                } else {
+                    &v.pointer
+                },
+                v.message
+            )
+        })
+        .collect();
+    Some(format!(
+        "the response body does not match the contract for {} {} {status}: {}",
+        op.method,
+        op.template,
+        each.join("; ")
+    ))
 }
 
 /// Whether `want` is contained in `have` (objects: every member of `want`
@@ -696,6 +817,67 @@ mod tests {
         ));
         assert!(!contains(&have, &json!({"amount": 1})));
         assert!(!contains(&have, &json!({"missing": 1})));
+    }
+
+    #[test]
+    fn the_index_never_hides_a_match() {
+        let yaml = r#"fixtures:
+  - { name: by-amount, path: /p, body: { amount: 5000 }, response: { status: 200 } }
+  - { name: by-text-amount, path: /p, body: { amount: "7000" }, response: { status: 200 } }
+  - { name: by-order, path: /p, body_equals: { /metadata/order: A-1 }, response: { status: 200 } }
+  - { name: nested, path: /p, body: { card: { brand: visa } }, response: { status: 200 } }
+  - { name: by-array, path: /p, body: { tags: [a, b] }, response: { status: 200 } }
+  - { name: any, path: /p, body_regex: { /note: "^x" }, response: { status: 200 } }
+  - { name: no-body, path: /q, response: { status: 200 } }
+"#;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f.yaml"), yaml).expect("write");
+        let f = Fixtures::load(
+            &Source::Dir(dir.path().to_owned()),
+            Path::new("."),
+            None,
+            Path::new("sandgate.yaml"),
+            0,
+        )
+        .expect("load");
+        let headers = http::HeaderMap::new();
+        let cases = [
+            ("/p", json!({"amount": 5000}), Some("by-amount")),
+            ("/p", json!({"amount": "5000"}), Some("by-amount")),
+            ("/p", json!({"amount": 7000}), Some("by-text-amount")),
+            (
+                "/p",
+                json!({"amount": 1, "metadata": {"order": "A-1"}}),
+                Some("by-order"),
+            ),
+            (
+                "/p",
+                json!({"card": {"brand": "visa", "last4": "4242"}}),
+                Some("nested"),
+            ),
+            ("/p", json!({"tags": ["a", "b"]}), Some("by-array")),
+            ("/p", json!({"note": "xyz"}), Some("any")),
+            ("/p", json!({"note": "nope"}), None),
+            ("/q", json!({}), Some("no-body")),
+        ];
+        for (path, body, want) in cases {
+            let req = Request {
+                method: &http::Method::POST,
+                path,
+                query: None,
+                headers: &headers,
+                body: Some(&body),
+            };
+            assert_eq!(f.find(&req), want, "{path} {body}");
+            // The same answer as looking at every fixture in order.
+            let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            let full = f
+                .list
+                .iter()
+                .find(|x| x.matches(&req, &segments, &[]))
+                .map(|x| x.name.as_str());
+            assert_eq!(full, want, "{path} {body}");
+        }
     }
 
     #[test]

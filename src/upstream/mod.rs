@@ -236,6 +236,10 @@ impl Upstream {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The client's connection has its own protocol: an HTTP/1.0 backend
+        // must not turn the answer into an HTTP/1.0 response (which would
+        // also end the client's keep-alive).
+        parts.version = Version::default();
         let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
         Ok(Response::from_parts(parts, body))
     }
