@@ -3,7 +3,8 @@
 //! exit 0, a JUnit report whose test cases all pass), a drifting backend
 //! (wrong status, missing required field, wrong type: exit 1, the failing
 //! cases named with their JSON pointers, failures in the JUnit report,
-//! credentials sent but never printed), and usage errors (exit 2).
+//! credentials sent but never printed), an HTTPS target trusted through
+//! `--ca`, and usage errors (exit 2).
 
 mod common;
 
@@ -386,4 +387,59 @@ async fn usage_errors_exit_2() {
         );
         assert!(!run.stderr.contains("SECRET"), "{}", run.stderr);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_target_is_trusted_through_ca() {
+    let pki = common::Pki::new();
+    let config = "listeners:\n  - addr: 127.0.0.1:0\n    tls:\n      cert: certs/server.pem\n      key: certs/server.key\nhosts: [localhost, 127.0.0.1]\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n";
+    let gw = start_gateway(sandbox_dir(&[
+        ("sandgate.yaml", config),
+        ("contracts/payments.yaml", PAYMENTS),
+        ("certs/server.pem", &pki.server_cert),
+        ("certs/server.key", &pki.server_key),
+        ("certs/ca.pem", &pki.ca_pem),
+    ]))
+    .await;
+    let target = format!("https://localhost:{}/payments", gw.tls_addr().port());
+    let base = |extra: &[&str]| {
+        let mut a = args(&[
+            "-c",
+            &path_arg(gw.dir.path()),
+            "--api",
+            "payments",
+            "--target",
+            &target,
+            "--only",
+            "getCustomer",
+        ]);
+        a.extend(args(extra));
+        a
+    };
+
+    // Trusting the gateway's CA: the exchange happens over TLS and passes.
+    let ca = path_arg(&gw.dir.path().join("certs/ca.pem"));
+    let run = contract_test(base(&["--ca", &ca])).await;
+    assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("PASS getCustomer"), "{}", run.stdout);
+
+    // Without it the certificate is not trusted: the case fails, saying so.
+    let run = contract_test(base(&[])).await;
+    assert_eq!(run.code, Some(1), "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("request: the target did not answer")
+            && run.stdout.to_ascii_lowercase().contains("certificate"),
+        "{}",
+        run.stdout
+    );
+
+    // A --ca that is not PEM is a usage error.
+    let run = contract_test(base(&[
+        "--ca",
+        &path_arg(&gw.dir.path().join("sandgate.yaml")),
+    ]))
+    .await;
+    assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("--ca `"), "{}", run.stderr);
+    assert!(gw.shutdown().await);
 }
