@@ -247,3 +247,44 @@ fn fixtures_become_requests_that_match_them() {
         "fixtures without an operation come last"
     );
 }
+
+#[test]
+fn exit_status_needs_a_case_that_ran_and_no_failure() {
+    use super::{Counts, Summary};
+    let status = |passed, failed, skipped| {
+        Summary {
+            counts: Counts {
+                passed,
+                failed,
+                skipped,
+            },
+        }
+        .exit_status()
+    };
+    assert_eq!(status(3, 0, 0), 0);
+    assert_eq!(status(3, 0, 2), 0, "skipped cases are listed, not failures");
+    assert_eq!(status(3, 1, 0), 1);
+    assert_eq!(
+        status(0, 0, 4),
+        1,
+        "a run that checked nothing is not a pass"
+    );
+    assert_eq!(status(0, 0, 0), 1);
+}
+
+#[test]
+fn header_errors_never_show_the_value() {
+    let (name, value) =
+        super::parse_header("Authorization:  Bearer sk_sandbox_1 ").expect("parses");
+    assert_eq!(name, "authorization");
+    assert_eq!(value, "Bearer sk_sandbox_1");
+    assert!(value.is_sensitive());
+    for raw in [
+        "Authorization Bearer sk_sandbox_1",
+        "Bad Name: sk_sandbox_1",
+        "X-Key: sk_sandbox_1\u{7f}",
+    ] {
+        let e = super::parse_header(raw).expect_err(raw);
+        assert!(!e.contains("sk_sandbox_1"), "{e}");
+    }
+}
