@@ -21,6 +21,7 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod contract;
+pub mod contract_test;
 pub mod demo;
 pub mod drift;
 pub mod edge;

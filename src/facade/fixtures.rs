@@ -738,6 +738,70 @@ fn render(env: &minijinja::Environment<'_>, v: &Value, ctx: &Value) -> Value {
     }
 }
 
+/// A fixture's request matcher and expected answer, read-only: what
+/// `sandgate contract-test` replays against a target.
+#[derive(Debug)]
+pub struct FixtureSpec<'a> {
+    /// The fixture's name.
+    pub name: &'a str,
+    /// The method it matches (`None`: any).
+    pub method: Option<&'a http::Method>,
+    /// The path as written: exact, or with `{param}` segments.
+    pub path: String,
+    /// Query parameters that must have these values.
+    pub query: &'a [(String, String)],
+    /// Headers that must have these values.
+    pub headers: &'a [(HeaderName, String)],
+    /// A JSON value the typed body must contain.
+    pub body: Option<&'a Value>,
+    /// JSON pointer → the value the body must have there.
+    pub body_equals: &'a [(String, Value)],
+    /// JSON pointer → a regex the value there must match.
+    pub body_regex: &'a [(String, regex::Regex)],
+    /// The status it answers with.
+    pub status: StatusCode,
+    /// The fault it injects instead of a plain answer, if any.
+    pub fault: Option<Fault>,
+}
+
+// Read access for `sandgate contract-test` (kept apart from the matching
+// code above).
+impl Fixtures {
+    /// Every fixture's matcher and status, highest priority first.
+    pub fn specs(&self) -> Vec<FixtureSpec<'_>> {
+        self.list
+            .iter()
+            .map(|f| FixtureSpec {
+                name: &f.name,
+                method: f.method.as_ref(),
+                path: format!(
+                    "/{}",
+                    f.segments
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| match s {
+                            Some(s) => s.clone(),
+                            None => f
+                                .params
+                                .iter()
+                                .find(|(at, _)| *at == i)
+                                .map_or_else(|| "{}".to_owned(), |(_, n)| format!("{{{n}}}")),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("/")
+                ),
+                query: &f.query,
+                headers: &f.headers,
+                body: f.body.as_ref(),
+                body_equals: &f.body_equals,
+                body_regex: &f.body_regex,
+                status: f.status,
+                fault: f.fault,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
