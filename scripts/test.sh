@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs what the suite needs beyond cargo, then runs
-# the format check, clippy with warnings as errors, and every test.
+# the format check, clippy with warnings as errors, every test, and
+# schemathesis against the bundled demo (scripts/schemathesis.sh; it installs
+# its pinned schemathesis into a venv under target/, python3 is needed).
 # Used by the README's quick start and by CI (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +10,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 # redis-server: the cluster-store tests start their own on a free port.
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# python3 with venv: scripts/schemathesis.sh installs schemathesis into a venv.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -22,3 +27,5 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --all-targets --locked
+echo "==> schemathesis against the demo"
+bash scripts/schemathesis.sh

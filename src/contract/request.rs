@@ -386,23 +386,14 @@ impl RequestSpec {
         match p.style {
             Style::DeepObject => {
                 let prefix = format!("{}[", p.name);
-                let pairs: Vec<_> = query
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        k.strip_prefix(p.name.as_str())
-                            .filter(|_| k.starts_with(&prefix))
-                            .map(|rest| (rest.to_owned(), v.clone()))
-                    })
-                    .collect();
-                if pairs.is_empty() {
-                    return None;
-                }
-                let tree = form_tree(
-                    pairs
+                let mut tree = form_tree(
+                    query
                         .iter()
+                        .filter(|(k, _)| k.starts_with(&prefix))
                         .map(|(k, v)| (k.as_str().into(), v.as_str().into())),
                 );
-                Some(self.coerce(&p.schema, tree))
+                let value = tree.get_mut(p.name.as_str())?.take();
+                Some(self.coerce(&p.schema, value))
             }
             _ if p.explode && self.is_type(&p.schema, "array") => {
                 // `name=a&name=b`, and `name[]=a&name[]=b` as many clients send it.
@@ -421,8 +412,19 @@ impl RequestSpec {
                 ))
             }
             _ => {
-                let raw = query.iter().find(|(k, _)| *k == p.name).map(|(_, v)| v)?;
-                Some(self.text_value(&p.schema, raw, p.style, p.explode))
+                let mut values = query
+                    .iter()
+                    .filter(|(k, _)| *k == p.name)
+                    .map(|(_, v)| self.text_value(&p.schema, v, p.style, p.explode));
+                let first = values.next()?;
+                let rest: Vec<Value> = values.collect();
+                if rest.is_empty() {
+                    return Some(first);
+                }
+                // A single-valued parameter given more than once: keep every
+                // value (an array), so the schema check refuses it instead of
+                // one value being picked silently.
+                Some(Value::Array(std::iter::once(first).chain(rest).collect()))
             }
         }
     }
@@ -529,6 +531,11 @@ impl RequestSpec {
     fn coerce(&self, schema: &Value, value: Value) -> Value {
         let s = self.deref(schema);
         match value {
+            // A form field sent once, for an array (`expand=customer`): a
+            // one-item array, as the form style with `explode` serializes it.
+            Value::String(text) if self.is_type(s, "array") && !self.is_type(s, "string") => {
+                Value::Array(vec![self.scalar(&self.items_of(s), &text)])
+            }
             Value::String(text) => self.scalar(s, &text),
             Value::Object(obj) if self.is_type(s, "array") => {
                 // `items[0][price]=…`: indexed keys, in index order.
@@ -653,28 +660,64 @@ fn percent_decode(s: &str) -> String {
 /// `items[0][price]=p_1`, `expand[]=customer`) → a tree of strings:
 /// objects for `[key]`, arrays for `[]`; indexed `[0]` stay object keys
 /// until a schema says the value is an array.
+///
+/// Nothing sent is dropped, so the schema check sees everything: a key that
+/// is not `name[seg]…` bracket notation (an empty key, `[x]`, an unclosed
+/// `a[b`, text after the last `]`) is a field named by the whole key, and a
+/// field given more than once (`email=a&email=b`, or both as a value and
+/// with brackets) becomes an array of everything given for it.
 fn form_tree<'a, I>(pairs: I) -> Value
 where
     I: IntoIterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, str>)>,
 {
     let mut root = Value::Object(Map::new());
     for (key, value) in pairs {
-        let mut path: Vec<&str> = Vec::new();
-        let (head, mut rest) = match key.find('[') {
-            Some(i) => (&key[..i], &key[i..]),
-            None => (&key[..], ""),
-        };
-        if !head.is_empty() {
-            path.push(head);
+        let value = Value::String(value.into_owned());
+        match bracket_path(&key) {
+            Some(path) => insert(&mut root, &path, value),
+            None => {
+                if let Value::Object(obj) = &mut root {
+                    put(obj, key.into_owned(), value);
+                }
+            }
         }
-        while let Some(inner) = rest.strip_prefix('[') {
-            let Some(close) = inner.find(']') else { break };
-            path.push(&inner[..close]);
-            rest = &inner[close + 1..];
-        }
-        insert(&mut root, &path, Value::String(value.into_owned()));
     }
     root
+}
+
+/// Sets field `name`; a field given again keeps every value (an array).
+fn put(obj: &mut Map<String, Value>, name: String, value: Value) {
+    match obj.get_mut(&name) {
+        Some(Value::Array(list)) => list.push(value),
+        Some(existing) => *existing = Value::Array(vec![existing.take(), value]),
+        None => {
+            obj.insert(name, value);
+        }
+    }
+}
+
+/// `a[b][]` → `["a", "b", ""]`; `None` when the key is not bracket notation
+/// with a non-empty head.
+fn bracket_path(key: &str) -> Option<Vec<&str>> {
+    let (head, mut rest) = match key.find(['[', ']']) {
+        Some(i) => (&key[..i], &key[i..]),
+        None => (key, ""),
+    };
+    if head.is_empty() {
+        return None;
+    }
+    let mut path = vec![head];
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let close = inner.find(']')?;
+        let seg = &inner[..close];
+        if seg.contains('[') {
+            return None;
+        }
+        path.push(seg);
+        rest = &inner[close + 1..];
+    }
+    Some(path)
 }
 
 fn insert(node: &mut Value, path: &[&str], value: Value) {
@@ -682,9 +725,12 @@ fn insert(node: &mut Value, path: &[&str], value: Value) {
         return;
     };
     if first.is_empty() {
-        // `[]`: append.
-        if !node.is_array() {
-            *node = Value::Array(Vec::new());
+        // `[]`: append. Whatever was given before without `[]` stays, as
+        // the array's first item.
+        match node {
+            Value::Array(_) => {}
+            Value::Object(o) if o.is_empty() => *node = Value::Array(Vec::new()),
+            _ => *node = Value::Array(vec![node.take()]),
         }
         if let Value::Array(list) = node {
             if rest.is_empty() {
@@ -701,13 +747,22 @@ fn insert(node: &mut Value, path: &[&str], value: Value) {
         *node = Value::Object(Map::new());
     }
     let Value::Object(obj) = node else { return };
+    let name = (*first).to_owned();
     if rest.is_empty() {
-        obj.insert((*first).to_owned(), value);
-    } else {
-        let child = obj
-            .entry((*first).to_owned())
-            .or_insert_with(|| Value::Object(Map::new()));
+        put(obj, name, value);
+        return;
+    }
+    let child = obj.entry(name).or_insert_with(|| Value::Object(Map::new()));
+    if child.is_object() || rest[0].is_empty() {
         insert(child, rest, value);
+        return;
+    }
+    // `a=1&a[b]=2`, or `a[]=1&a[b]=2`: both kept, side by side.
+    let mut sub = Value::Object(Map::new());
+    insert(&mut sub, rest, value);
+    match child {
+        Value::Array(list) => list.push(sub),
+        other => *other = Value::Array(vec![other.take(), sub]),
     }
 }
 
@@ -725,6 +780,45 @@ mod tests {
             t,
             json!({"amount": "2000", "metadata": {"order_id": "6735"}, "expand": ["customer", "invoice"], "items": {"0": {"price": "p_1"}, "1": {"price": "p_2"}}})
         );
+    }
+
+    /// Nothing a form sends is dropped or silently replaced: each row is
+    /// (body, the tree the schema check sees).
+    #[test]
+    fn form_trees_keep_everything_sent() {
+        let table: &[(&[u8], Value)] = &[
+            // An empty key (schemathesis sent `=null` where the schema allows
+            // no such property): a field named "", not nothing.
+            (
+                b"description=&=null",
+                json!({"description": "", "": "null"}),
+            ),
+            (b"[email]=a", json!({"[email]": "a"})),
+            (b"metadata[a=1", json!({"metadata[a": "1"})),
+            (b"metadata[a]x=1", json!({"metadata[a]x": "1"})),
+            (b"a]b=1", json!({"a]b": "1"})),
+            (b"a[b[c]]=1", json!({"a[b[c]]": "1"})),
+            // Given more than once: every value kept.
+            (b"email=a&email=b", json!({"email": ["a", "b"]})),
+            (b"a=1&a=2&a=3", json!({"a": ["1", "2", "3"]})),
+            (b"a[]=1&a=2", json!({"a": ["1", "2"]})),
+            (b"a=1&a[]=2", json!({"a": ["1", "2"]})),
+            (b"a=1&a[b]=2", json!({"a": ["1", {"b": "2"}]})),
+            (b"a[b]=2&a=1", json!({"a": [{"b": "2"}, "1"]})),
+            (b"a[b]=1&a[]=2", json!({"a": [{"b": "1"}, "2"]})),
+            (b"a[]=1&a[b]=2", json!({"a": ["1", {"b": "2"}]})),
+            (b"m[k]=1&m[k]=2", json!({"m": {"k": ["1", "2"]}})),
+            // Well-formed notation is unchanged.
+            (b"a[][b]=1&a[][b]=2", json!({"a": [{"b": "1"}, {"b": "2"}]})),
+            (
+                b"a[b][c]=1&a[b][d]=2",
+                json!({"a": {"b": {"c": "1", "d": "2"}}}),
+            ),
+        ];
+        for (body, want) in table {
+            let got = form_tree(form_urlencoded::parse(body));
+            assert_eq!(&got, want, "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]
