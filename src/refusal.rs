@@ -25,6 +25,8 @@ pub enum Stage {
     Identify,
     /// Tenant status and plan.
     Admit,
+    /// The tenant's rate limits and quotas.
+    Limit,
     /// The request against the API's contract.
     Validate,
     /// Producing the answer: facade or upstream.
@@ -41,6 +43,7 @@ impl Stage {
             Stage::Route => "route",
             Stage::Identify => "identify",
             Stage::Admit => "admit",
+            Stage::Limit => "limit",
             Stage::Validate => "validate",
             Stage::Dispatch => "dispatch",
             Stage::Admin => "admin",
@@ -250,6 +253,25 @@ pub enum Refusal {
         /// Documented example names.
         examples: Vec<String>,
     },
+    /// A rate rule of the tenant's plan has no allowance left now.
+    RateLimited {
+        /// The tenant.
+        tenant: String,
+        /// Its plan.
+        plan: String,
+        /// Which level of the plan the rule is at.
+        scope: crate::limits::Scope,
+        /// The config path of the rule, e.g. `plans.trial.rate`.
+        rule: String,
+        /// Requests per window.
+        requests: u32,
+        /// The window.
+        per: std::time::Duration,
+        /// The burst.
+        burst: u32,
+        /// Seconds until the next request is allowed (at least 1).
+        retry_after: u64,
+    },
     /// A value a scenario rule keys on looks like a real card number.
     RealCardNumber {
         /// The API.
@@ -393,6 +415,7 @@ impl Refusal {
             Refusal::InvalidRequest { .. } => "invalid_request",
             Refusal::RealCardNumber { .. } => "real_card_number",
             Refusal::UnsatisfiablePreference { .. } => "unsatisfiable_preference",
+            Refusal::RateLimited { .. } => "rate_limited",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
             Refusal::BadSignature => "bad_signature",
             Refusal::TokenExpired { .. } => "token_expired",
@@ -461,7 +484,9 @@ impl Refusal {
             Refusal::ExtensionLimit { .. } | Refusal::UnsatisfiablePreference { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Refusal::CapacityReached { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::CapacityReached { .. } | Refusal::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::NoExample { .. } => StatusCode::NOT_IMPLEMENTED,
             Refusal::UpstreamUnavailable { .. } | Refusal::UpstreamError { .. } => {
@@ -487,6 +512,7 @@ impl Refusal {
             | Refusal::UnknownApi { .. }
             | Refusal::UnknownOperation { .. }
             | Refusal::MethodNotAllowed { .. } => Stage::Route,
+            Refusal::RateLimited { .. } => Stage::Limit,
             Refusal::NoExample { .. }
             | Refusal::RealCardNumber { .. }
             | Refusal::UnsatisfiablePreference { .. }
@@ -560,6 +586,7 @@ impl Refusal {
             Refusal::InvalidRequest { .. } => "Request does not match the contract",
             Refusal::RealCardNumber { .. } => "Real card number refused",
             Refusal::UnsatisfiablePreference { .. } => "Preferred response not documented",
+            Refusal::RateLimited { .. } => "Rate limit reached",
             Refusal::UnsupportedMediaType { .. } => "Unsupported media type",
             Refusal::BadSignature => "Token signature invalid",
             Refusal::TokenExpired { .. } => "Token expired",
@@ -629,6 +656,7 @@ impl Refusal {
             }
             Refusal::RealCardNumber { api, .. } => Some(format!("apis.{api}.scenarios")),
             Refusal::UnsatisfiablePreference { api, .. } => Some(format!("apis.{api}.contract")),
+            Refusal::RateLimited { rule, .. } => Some(rule.clone()),
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
@@ -763,6 +791,20 @@ impl Refusal {
                 ..
             } => format!(
                 "The request prefers `{asked}`, but operation '{operation}' of API '{api}' documents no such response (or, for `dynamic=true`, no JSON schema to generate it from)."
+            ),
+            Refusal::RateLimited {
+                tenant,
+                plan,
+                scope,
+                requests,
+                per,
+                burst,
+                retry_after,
+                ..
+            } => format!(
+                "Sandbox '{tenant}' (plan '{plan}') has used its {} rate limit of {requests} requests per {} (bursts up to {burst}); the next request is allowed in {retry_after} s.",
+                scope.as_str(),
+                humantime::format_duration(*per)
             ),
             Refusal::RealCardNumber { api, pointer } => format!(
                 "The value at {pointer} of this request to API '{api}' looks like a real card number. This is a sandbox: never send real card data to it. The number was not stored or logged."
@@ -955,6 +997,9 @@ impl Refusal {
             Refusal::UnsatisfiablePreference { .. } => {
                 "Ask for one of the documented statuses (`Prefer: code=…`) or example names (`Prefer: example=…`) listed in `available`.".into()
             }
+            Refusal::RateLimited { retry_after, .. } => format!(
+                "Wait {retry_after} s (Retry-After) and spread requests out; the RateLimit headers on every answer say how much is left. A bigger plan raises the limit."
+            ),
             Refusal::RealCardNumber { .. } => {
                 "Use a test card number (4242424242424242 succeeds, 4000000000000002 is declined) or a test payment method such as pm_card_visa.".into()
             }
@@ -979,6 +1024,7 @@ impl Refusal {
                 | Refusal::UpstreamError { .. }
                 | Refusal::StoreUnavailable { .. }
                 | Refusal::IssuerKeysUnavailable { .. }
+                | Refusal::RateLimited { .. }
                 | Refusal::Internal
         )
     }
@@ -1023,6 +1069,24 @@ impl Refusal {
             Refusal::UnsupportedMediaType { accepted, .. } => {
                 body.insert("accepted".into(), json!(accepted));
             }
+            Refusal::RateLimited {
+                tenant,
+                plan,
+                scope,
+                requests,
+                per,
+                burst,
+                retry_after,
+                ..
+            } => {
+                body.insert("tenant".into(), json!(tenant));
+                body.insert("plan".into(), json!(plan));
+                body.insert(
+                    "limit".into(),
+                    json!({"scope": scope.as_str(), "requests": requests, "per": humantime::format_duration(*per).to_string(), "burst": burst}),
+                );
+                body.insert("retry_after".into(), json!(retry_after));
+            }
             Refusal::UnsatisfiablePreference {
                 codes, examples, ..
             } => {
@@ -1060,6 +1124,9 @@ impl Refusal {
             && let Ok(v) = HeaderValue::from_str(&allow.join(", "))
         {
             headers.insert(header::ALLOW, v);
+        }
+        if let Refusal::RateLimited { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
         match &self {
             Refusal::AdminUnauthorized | Refusal::MissingCredentials { .. } => {

@@ -235,6 +235,7 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         admin_stop_rx,
     ));
     tokio::spawn(sweep_expired(gateway.clone()));
+    tokio::spawn(forget_idle_limits(gateway.clone()));
     // Key sets of issuers configured by URL: fetched now, in the background
     // (an issuer that is down must not keep the gateway from starting).
     let sb = gateway.sandbox();
@@ -345,5 +346,14 @@ async fn sweep_expired(gateway: Arc<Gateway>) {
                 tracing::warn!(error = %e, "expiry sweep failed; retrying at the next interval")
             }
         }
+    }
+}
+
+/// Every minute, drops the rate-limiter state of tenants idle long enough
+/// to have their whole burst back, so memory follows the active tenants.
+async fn forget_idle_limits(gateway: Arc<Gateway>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        gateway.sandbox().plans.retain_recent();
     }
 }

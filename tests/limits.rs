@@ -1,0 +1,231 @@
+//! Rate limits of a tenant's plan over real HTTP: a burst hit by many
+//! concurrent requests admits exactly the burst; the refusal names the
+//! tenant, plan, scope and rule with `Retry-After`; operation rules apply
+//! before the API's and the plan's; `RateLimit-Policy` / `RateLimit` on
+//! every tenant answer; tenants are independent; policy mistakes are load
+//! errors with `file:line`.
+
+mod common;
+
+use common::{PAYMENTS, TestGateway, problem, sandbox_dir, start_gateway};
+use sandgate::tenants::{self, DAY};
+
+const POLICY: &str = "plans:
+  trial:
+    rate: { requests: 5, per: 60s, burst: 5 }
+    apis:
+      payments:
+        operations:
+          createPaymentIntent: { rate: { requests: 2, per: 60s } }
+  big:
+    rate: { requests: 1000, per: 1s, burst: 1000 }
+default_plan: trial
+";
+
+async fn gateway() -> TestGateway {
+    let config = "listeners:\n  - addr: 127.0.0.1:0\nauth:\n  api_keys: { prefix: sk_sandbox_, live_prefixes: [sk_live_] }\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n";
+    start_gateway(sandbox_dir(&[
+        ("sandgate.yaml", config),
+        ("contracts/payments.yaml", PAYMENTS),
+        ("policies/plans.yaml", POLICY),
+    ]))
+    .await
+}
+
+/// A tenant on `plan`; returns (id, API key).
+async fn tenant(gw: &TestGateway, plan: &str) -> (String, String) {
+    let now = tenants::now_secs();
+    let (mut t, creds) = tenants::new_tenant(
+        "Acme",
+        "dev@acme.test",
+        now,
+        std::time::Duration::ZERO,
+        "sk_sandbox_",
+    )
+    .expect("tenant");
+    t.plan = plan.to_owned();
+    t.expires_at = now + 7 * DAY;
+    let registry = gw
+        .running
+        .as_ref()
+        .expect("running")
+        .gateway
+        .registry()
+        .clone();
+    registry.put(&t).await.expect("store tenant");
+    (t.id, creds.api_key)
+}
+
+const CUSTOMER: &str = "/payments/v1/customers/cus_NffrFeUfNV2Hib";
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_burst_admits_exactly_its_size_under_concurrency() {
+    let gw = gateway().await;
+    let (id, key) = tenant(&gw, "trial").await;
+    let c = common::client();
+    let requests = (0..200).map(|_| {
+        let c = c.clone();
+        let url = gw.url(CUSTOMER);
+        let key = key.clone();
+        tokio::spawn(async move { c.get(url).bearer_auth(key).send().await })
+    });
+    let mut ok = 0;
+    let mut limited = Vec::new();
+    for r in futures_util::future::join_all(requests).await {
+        let r = r.expect("task").expect("request");
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => limited.push(r),
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(ok, 5, "the burst is 5");
+    assert_eq!(limited.len(), 195);
+    let r = limited.pop().expect("a refusal");
+    let retry: u64 = header(&r, "retry-after")
+        .parse()
+        .expect("Retry-After seconds");
+    assert!((1..=12).contains(&retry), "{retry}");
+    assert_eq!(header(&r, "ratelimit-policy"), "\"plan\";q=5;w=60");
+    assert!(
+        header(&r, "ratelimit").starts_with("\"plan\";r=0;t="),
+        "{}",
+        header(&r, "ratelimit")
+    );
+    let p = problem(r, 429, "rate_limited").await;
+    assert_eq!(p["stage"], "limit");
+    assert_eq!(p["rule"], "plans.trial.rate");
+    assert_eq!(p["tenant"], id.as_str());
+    assert_eq!(p["plan"], "trial");
+    assert_eq!(p["limit"]["scope"], "plan");
+    assert_eq!(p["limit"]["requests"], 5);
+    assert_eq!(p["limit"]["burst"], 5);
+    assert_eq!(p["retry_after"], retry);
+    assert_eq!(p["retryable"], true);
+    let detail = p["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("5 requests per 1m"), "{detail}");
+
+    // Another tenant has its own allowance.
+    let (_, other) = tenant(&gw, "trial").await;
+    let r = c
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "ratelimit"), "\"plan\";r=4;t=12");
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test]
+async fn the_operation_rule_applies_first() {
+    let gw = gateway().await;
+    let (_, key) = tenant(&gw, "trial").await;
+    let c = common::client();
+    let create = || {
+        c.post(gw.url("/payments/v1/payment_intents"))
+            .bearer_auth(&key)
+            .form(&[("amount", "2000"), ("currency", "usd")])
+            .send()
+    };
+    for left in [1, 0] {
+        let r = create().await.expect("request");
+        assert_eq!(r.status(), 200);
+        // The operation's rule (2 of 2, then 1) is closer to its limit than the plan's.
+        assert_eq!(header(&r, "ratelimit-policy"), "\"operation\";q=2;w=60");
+        assert!(header(&r, "ratelimit").starts_with(&format!("\"operation\";r={left};")));
+    }
+    let p = problem(create().await.expect("request"), 429, "rate_limited").await;
+    assert_eq!(
+        p["rule"],
+        "plans.trial.apis.payments.operations.createPaymentIntent.rate"
+    );
+    assert_eq!(p["limit"]["scope"], "operation");
+    // The plan's own allowance was not spent by the refused request: 3 left.
+    let r = c
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "ratelimit"), "\"plan\";r=2;t=36");
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test]
+async fn an_unknown_plan_falls_back_to_the_default_plan() {
+    let gw = gateway().await;
+    let (_, key) = tenant(&gw, "no-such-plan").await;
+    let r = common::client()
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "ratelimit-policy"), "\"plan\";q=5;w=60");
+    assert!(gw.shutdown().await);
+}
+
+#[test]
+fn policy_mistakes_are_load_errors_with_file_and_line() {
+    let cases = [
+        (
+            "plans:\n  trial:\n    rate: { requests: 0, per: 1s }\n",
+            3,
+            "at least 1",
+        ),
+        (
+            "plans:\n  trial:\n    rate: { requests: 5, per: 1s, burts: 3 }\n",
+            3,
+            "burts",
+        ),
+        (
+            "plans:\n  trial:\n    apis:\n      nope: { rate: { requests: 1, per: 1s } }\n",
+            4,
+            "`apis.nope` names no API",
+        ),
+        (
+            "plans:\n  trial:\n    apis:\n      payments:\n        operations:\n          noSuchOp: { rate: { requests: 1, per: 1s } }\n",
+            6,
+            "payments.operations.noSuchOp",
+        ),
+        (
+            "plans: {}\ndefault_plan: gold\n",
+            2,
+            "`default_plan: gold` names no plan",
+        ),
+    ];
+    for (policy, line, fragment) in cases {
+        let config = "listeners:\n  - addr: 127.0.0.1:0\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n";
+        let dir = sandbox_dir(&[
+            ("sandgate.yaml", config),
+            ("contracts/payments.yaml", PAYMENTS),
+            ("policies/plans.yaml", policy),
+        ]);
+        let errors = sandgate::sandbox::Sandbox::load(
+            &sandgate::config::Source::Dir(dir.path().to_owned()),
+            &sandgate::Overrides {
+                listen: None,
+                admin_listen: None,
+                check_only: true,
+            },
+        )
+        .map(|_| ())
+        .expect_err(fragment)
+        .to_string();
+        let at = format!("plans.yaml:{line}: ");
+        assert!(errors.contains(&at), "{fragment}: no `{at}` in {errors}");
+        assert!(errors.contains(fragment), "{fragment}: {errors}");
+    }
+}
