@@ -272,6 +272,21 @@ pub enum Refusal {
         /// Seconds until the next request is allowed (at least 1).
         retry_after: u64,
     },
+    /// A quota of the tenant's plan is used up for its period.
+    QuotaExhausted {
+        /// The tenant.
+        tenant: String,
+        /// Its plan.
+        plan: String,
+        /// The config path of the quota, e.g. `plans.trial.quotas[0]`.
+        rule: String,
+        /// Requests allowed per period.
+        requests: u64,
+        /// The period.
+        period: crate::limits::quota::Period,
+        /// When it resets (Unix seconds; `None` for a lifetime quota).
+        resets_at: Option<u64>,
+    },
     /// A value a scenario rule keys on looks like a real card number.
     RealCardNumber {
         /// The API.
@@ -416,6 +431,7 @@ impl Refusal {
             Refusal::RealCardNumber { .. } => "real_card_number",
             Refusal::UnsatisfiablePreference { .. } => "unsatisfiable_preference",
             Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::QuotaExhausted { .. } => "quota_exhausted",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
             Refusal::BadSignature => "bad_signature",
             Refusal::TokenExpired { .. } => "token_expired",
@@ -484,9 +500,9 @@ impl Refusal {
             Refusal::ExtensionLimit { .. } | Refusal::UnsatisfiablePreference { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Refusal::CapacityReached { .. } | Refusal::RateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Refusal::CapacityReached { .. }
+            | Refusal::RateLimited { .. }
+            | Refusal::QuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::NoExample { .. } => StatusCode::NOT_IMPLEMENTED,
             Refusal::UpstreamUnavailable { .. } | Refusal::UpstreamError { .. } => {
@@ -512,7 +528,7 @@ impl Refusal {
             | Refusal::UnknownApi { .. }
             | Refusal::UnknownOperation { .. }
             | Refusal::MethodNotAllowed { .. } => Stage::Route,
-            Refusal::RateLimited { .. } => Stage::Limit,
+            Refusal::RateLimited { .. } | Refusal::QuotaExhausted { .. } => Stage::Limit,
             Refusal::NoExample { .. }
             | Refusal::RealCardNumber { .. }
             | Refusal::UnsatisfiablePreference { .. }
@@ -587,6 +603,7 @@ impl Refusal {
             Refusal::RealCardNumber { .. } => "Real card number refused",
             Refusal::UnsatisfiablePreference { .. } => "Preferred response not documented",
             Refusal::RateLimited { .. } => "Rate limit reached",
+            Refusal::QuotaExhausted { .. } => "Quota used up",
             Refusal::UnsupportedMediaType { .. } => "Unsupported media type",
             Refusal::BadSignature => "Token signature invalid",
             Refusal::TokenExpired { .. } => "Token expired",
@@ -656,7 +673,9 @@ impl Refusal {
             }
             Refusal::RealCardNumber { api, .. } => Some(format!("apis.{api}.scenarios")),
             Refusal::UnsatisfiablePreference { api, .. } => Some(format!("apis.{api}.contract")),
-            Refusal::RateLimited { rule, .. } => Some(rule.clone()),
+            Refusal::RateLimited { rule, .. } | Refusal::QuotaExhausted { rule, .. } => {
+                Some(rule.clone())
+            }
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
@@ -806,6 +825,25 @@ impl Refusal {
                 scope.as_str(),
                 humantime::format_duration(*per)
             ),
+            Refusal::QuotaExhausted {
+                tenant,
+                plan,
+                requests,
+                period,
+                resets_at,
+                ..
+            } => match resets_at {
+                Some(at) => format!(
+                    "Sandbox '{tenant}' (plan '{plan}') has used its quota of {requests} requests per {} (UTC); it resets at {}.",
+                    period.as_str(),
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(*at)
+                    )
+                ),
+                None => format!(
+                    "Sandbox '{tenant}' (plan '{plan}') has used its lifetime quota of {requests} requests."
+                ),
+            },
             Refusal::RealCardNumber { api, pointer } => format!(
                 "The value at {pointer} of this request to API '{api}' looks like a real card number. This is a sandbox: never send real card data to it. The number was not stored or logged."
             ),
@@ -1000,6 +1038,10 @@ impl Refusal {
             Refusal::RateLimited { retry_after, .. } => format!(
                 "Wait {retry_after} s (Retry-After) and spread requests out; the RateLimit headers on every answer say how much is left. A bigger plan raises the limit."
             ),
+            Refusal::QuotaExhausted { resets_at, .. } => match resets_at {
+                Some(_) => "Wait until the quota resets (Retry-After), or ask for a bigger plan.".into(),
+                None => "Ask your sandbox contact for a bigger plan, or reset the sandbox's usage.".into(),
+            },
             Refusal::RealCardNumber { .. } => {
                 "Use a test card number (4242424242424242 succeeds, 4000000000000002 is declined) or a test payment method such as pm_card_visa.".into()
             }
@@ -1025,6 +1067,10 @@ impl Refusal {
                 | Refusal::StoreUnavailable { .. }
                 | Refusal::IssuerKeysUnavailable { .. }
                 | Refusal::RateLimited { .. }
+                | Refusal::QuotaExhausted {
+                    resets_at: Some(_),
+                    ..
+                }
                 | Refusal::Internal
         )
     }
@@ -1081,11 +1127,37 @@ impl Refusal {
             } => {
                 body.insert("tenant".into(), json!(tenant));
                 body.insert("plan".into(), json!(plan));
+                body.insert("retry_after".into(), json!(retry_after));
                 body.insert(
                     "limit".into(),
                     json!({"scope": scope.as_str(), "requests": requests, "per": humantime::format_duration(*per).to_string(), "burst": burst}),
                 );
-                body.insert("retry_after".into(), json!(retry_after));
+            }
+            Refusal::QuotaExhausted {
+                tenant,
+                plan,
+                requests,
+                period,
+                resets_at,
+                ..
+            } => {
+                body.insert("tenant".into(), json!(tenant));
+                body.insert("plan".into(), json!(plan));
+                body.insert(
+                    "quota".into(),
+                    json!({"requests": requests, "per": period.as_str()}),
+                );
+                if let Some(at) = resets_at {
+                    body.insert(
+                        "resets_at".into(),
+                        json!(
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(*at)
+                            )
+                            .to_string()
+                        ),
+                    );
+                }
             }
             Refusal::UnsatisfiablePreference {
                 codes, examples, ..
@@ -1127,6 +1199,14 @@ impl Refusal {
         }
         if let Refusal::RateLimited { retry_after, .. } = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if let Refusal::QuotaExhausted {
+            resets_at: Some(at),
+            ..
+        } = &self
+        {
+            let wait = at.saturating_sub(crate::tenants::now_secs()).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
         }
         match &self {
             Refusal::AdminUnauthorized | Refusal::MissingCredentials { .. } => {

@@ -209,6 +209,8 @@ pub struct Registry {
     /// Bumped by every change made through this registry, so per-worker
     /// caches (see `pipeline::identify`) can drop what they hold at once.
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Every tenant's quota counters.
+    quotas: std::sync::Arc<crate::limits::quota::Counters>,
 }
 
 fn corrupt(e: serde_json::Error) -> StoreError {
@@ -219,6 +221,7 @@ impl Registry {
     /// The tenants kept in `store`.
     pub fn new(store: SharedStore) -> Self {
         Self {
+            quotas: std::sync::Arc::new(crate::limits::quota::Counters::new(store.clone())),
             store,
             by_key: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -251,6 +254,11 @@ impl Registry {
     /// The underlying store.
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    /// The tenants' quota counters.
+    pub fn quotas(&self) -> &crate::limits::quota::Counters {
+        &self.quotas
     }
 
     /// Saves a tenant (new or changed) and its API-key index entry.

@@ -2,8 +2,10 @@
 //! concurrent requests admits exactly the burst; the refusal names the
 //! tenant, plan, scope and rule with `Retry-After`; operation rules apply
 //! before the API's and the plan's; `RateLimit-Policy` / `RateLimit` on
-//! every tenant answer; tenants are independent; policy mistakes are load
-//! errors with `file:line`.
+//! every tenant answer; tenants are independent; quotas admit exactly
+//! their size under concurrency, refuse with `quota_exhausted` and survive
+//! a restart with the file store; policy mistakes are load errors with
+//! `file:line`.
 
 mod common;
 
@@ -19,6 +21,10 @@ const POLICY: &str = "plans:
           createPaymentIntent: { rate: { requests: 2, per: 60s } }
   big:
     rate: { requests: 1000, per: 1s, burst: 1000 }
+  metered:
+    quotas:
+      - { requests: 7, per: day }
+      - { requests: 9, per: lifetime }
 default_plan: trial
 ";
 
@@ -228,4 +234,87 @@ fn policy_mistakes_are_load_errors_with_file_and_line() {
         assert!(errors.contains(&at), "{fragment}: no `{at}` in {errors}");
         assert!(errors.contains(fragment), "{fragment}: {errors}");
     }
+}
+
+#[tokio::test]
+async fn quotas_admit_exactly_their_size_and_say_when_they_reset() {
+    let gw = gateway().await;
+    let (id, key) = tenant(&gw, "metered").await;
+    let c = common::client();
+    let requests = (0..60).map(|_| {
+        let c = c.clone();
+        let url = gw.url(CUSTOMER);
+        let key = key.clone();
+        tokio::spawn(async move { c.get(url).bearer_auth(key).send().await })
+    });
+    let mut statuses = Vec::new();
+    let mut refusal = None;
+    for r in futures_util::future::join_all(requests).await {
+        let r = r.expect("task").expect("request");
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            refusal = Some(r);
+        }
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 7);
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 53);
+    let r = refusal.expect("a refusal");
+    let retry: u64 = header(&r, "retry-after").parse().expect("Retry-After");
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let p = problem(r, 429, "quota_exhausted").await;
+    assert_eq!(p["rule"], "plans.metered.quotas[0]");
+    assert_eq!(p["tenant"], id.as_str());
+    assert_eq!(p["plan"], "metered");
+    assert_eq!(p["quota"]["requests"], 7);
+    assert_eq!(p["quota"]["per"], "day");
+    let resets = p["resets_at"].as_str().unwrap_or_default();
+    assert!(resets.ends_with("T00:00:00Z"), "{resets}");
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test]
+async fn quota_counts_survive_a_restart_with_the_file_store() {
+    let config = "listeners:\n  - addr: 127.0.0.1:0\nstore: { kind: file, path: data/sandgate.redb }\nauth:\n  api_keys: { prefix: sk_sandbox_, live_prefixes: [sk_live_] }\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n";
+    let policy = "plans:\n  small:\n    quotas: [ { requests: 3, per: lifetime } ]\n";
+    let gw = start_gateway(sandbox_dir(&[
+        ("sandgate.yaml", config),
+        ("contracts/payments.yaml", PAYMENTS),
+        ("policies/plans.yaml", policy),
+    ]))
+    .await;
+    let (_, key) = tenant(&gw, "small").await;
+    let c = common::client();
+    for _ in 0..2 {
+        let r = c
+            .get(gw.url(CUSTOMER))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+    }
+    let TestGateway { running, dir, .. } = gw;
+    assert!(running.expect("running").shutdown().await);
+    let gw = start_gateway(dir).await;
+    let r = c
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200, "the third of three");
+    let r = c
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        r.headers().get("retry-after").is_none(),
+        "a lifetime quota never resets"
+    );
+    let p = problem(r, 429, "quota_exhausted").await;
+    assert_eq!(p["rule"], "plans.small.quotas[0]");
+    assert_eq!(p["retryable"], false);
+    assert!(gw.shutdown().await);
 }

@@ -6,6 +6,7 @@
 //! request is checked (the plan's, the API's, the operation's), most
 //! specific first, and the first one that is exhausted refuses it.
 
+pub mod quota;
 pub mod rate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +37,9 @@ struct PolicyFile {
 struct PlanConfig {
     /// The tenant's overall rate.
     rate: Option<RateConfig>,
+    /// Requests per period.
+    #[serde(default)]
+    quotas: Vec<QuotaConfig>,
     /// Per-API narrower rates, by API name.
     #[serde(default)]
     apis: HashMap<Spanned<String>, ApiPlanConfig>,
@@ -58,6 +62,14 @@ struct ApiPlanConfig {
 struct OperationPlanConfig {
     /// The rate of this operation's requests.
     rate: Option<RateConfig>,
+}
+
+/// `{ requests: 1000, per: day }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QuotaConfig {
+    requests: Spanned<u64>,
+    per: quota::Period,
 }
 
 /// `{ requests: 10, per: 1s, burst: 20 }`.
@@ -113,6 +125,8 @@ pub struct Plan {
     pub name: String,
     /// The overall rule.
     pub rate: Option<Rule>,
+    /// The plan's quotas.
+    pub quotas: Vec<quota::Quota>,
     /// API name → (API rule, operationId → operation rule).
     pub apis: BTreeMap<String, (Option<Rule>, BTreeMap<String, Rule>)>,
 }
@@ -293,6 +307,34 @@ fn compile(
     apis: &[(String, Vec<String>)],
 ) -> Result<Plan, Vec<ConfigError>> {
     let mut errors = Vec::new();
+    let mut quotas = Vec::new();
+    for (i, q) in p.quotas.into_iter().enumerate() {
+        let path = format!("plans.{name}.quotas[{i}]");
+        if q.requests.value == 0 {
+            errors.push(ConfigError::new(
+                file,
+                q.requests.referenced.line(),
+                format!("{path}: `requests` must be at least 1"),
+            ));
+            continue;
+        }
+        if quotas.iter().any(|o: &quota::Quota| o.period == q.per) {
+            errors.push(ConfigError::new(
+                file,
+                q.requests.referenced.line(),
+                format!(
+                    "{path}: plan `{name}` already has a quota per {}",
+                    q.per.as_str()
+                ),
+            ));
+            continue;
+        }
+        quotas.push(quota::Quota {
+            requests: q.requests.value,
+            period: q.per,
+            path,
+        });
+    }
     let mut rule = |path: String, scope: Scope, r: RateConfig| -> Option<Rule> {
         let line = r.requests.referenced.line();
         let at = format!("{}:{line}", file.display());
@@ -381,6 +423,7 @@ fn compile(
         Ok(Plan {
             name: name.to_owned(),
             rate: plan_rate,
+            quotas,
             apis: by_api,
         })
     } else {

@@ -14,6 +14,7 @@ use http::HeaderValue;
 
 use super::identify::Principal;
 use super::route::Routed;
+use crate::limits::quota::Decision as QuotaDecision;
 use crate::limits::rate::Decision;
 use crate::refusal::Refusal;
 use crate::sandbox::Sandbox;
@@ -40,8 +41,9 @@ fn seconds_up(d: Duration) -> u64 {
 /// Checks `principal`'s plan for a request of `routed`, and puts where the
 /// tenant stands (allowed or refused) in `standing`; it stays `None` when
 /// the tenant's plan sets no rate for the request.
-pub fn limit(
+pub async fn limit(
     sandbox: &Sandbox,
+    registry: &crate::tenants::Registry,
     routed: &Routed<'_>,
     principal: &Principal,
     standing_out: &mut Option<Standing>,
@@ -92,7 +94,32 @@ pub fn limit(
         }
     }
     *standing_out = closest.map(|(_, rule, remaining, reset)| standing(rule, remaining, reset));
-    Ok(())
+    // Quotas, after the rates: a request refused for its rate is not counted.
+    if plan.quotas.is_empty() {
+        return Ok(());
+    }
+    let now = crate::tenants::now_secs();
+    match registry
+        .quotas()
+        .decide(&tenant.id, &plan.quotas, now)
+        .await
+    {
+        Ok(QuotaDecision::Allowed(_)) => Ok(()),
+        Ok(QuotaDecision::Exhausted(usage)) => Err(Refusal::QuotaExhausted {
+            tenant: tenant.id.clone(),
+            plan: plan.name.clone(),
+            rule: usage.quota.path.clone(),
+            requests: usage.quota.requests,
+            period: usage.quota.period,
+            resets_at: usage.resets_at,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "quota counters unavailable");
+            Err(Refusal::StoreUnavailable {
+                stage: crate::refusal::Stage::Limit,
+            })
+        }
+    }
 }
 
 fn standing(rule: &crate::limits::Rule, remaining: u32, reset: Duration) -> Standing {

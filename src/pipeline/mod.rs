@@ -89,7 +89,7 @@ pub async fn run(
     }
     // limit: the tenant's plan (rates); its standing goes on every answer.
     if let Some(p) = &principal {
-        limit::limit(sandbox, &routed, p, &mut facts.standing)?;
+        limit::limit(sandbox, registry, &routed, p, &mut facts.standing).await?;
     }
     // validate: the request against the contract (reads a documented body).
     let (parts, body) = req.into_parts();
