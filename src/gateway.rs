@@ -146,6 +146,11 @@ impl Handler for Gateway {
             }
         };
         crate::edge::set_request_id(resp.headers_mut(), &facts.request_id);
+        if let Some(slot) = facts.slot.take() {
+            resp = resp.map(|b| {
+                http_body_util::BodyExt::boxed(crate::limits::concurrency::Holding::new(b, slot))
+            });
+        }
         if let Some(standing) = facts.standing.take() {
             let h = resp.headers_mut();
             h.insert(pipeline::limit::RATELIMIT_POLICY, standing.policy);

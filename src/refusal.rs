@@ -272,6 +272,15 @@ pub enum Refusal {
         /// Seconds until the next request is allowed (at least 1).
         retry_after: u64,
     },
+    /// The tenant already has its plan's maximum of requests in flight.
+    TooManyInFlight {
+        /// The tenant.
+        tenant: String,
+        /// Its plan.
+        plan: String,
+        /// The plan's `concurrency`.
+        max: u32,
+    },
     /// A quota of the tenant's plan is used up for its period.
     QuotaExhausted {
         /// The tenant.
@@ -432,6 +441,7 @@ impl Refusal {
             Refusal::UnsatisfiablePreference { .. } => "unsatisfiable_preference",
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::QuotaExhausted { .. } => "quota_exhausted",
+            Refusal::TooManyInFlight { .. } => "too_many_in_flight",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
             Refusal::BadSignature => "bad_signature",
             Refusal::TokenExpired { .. } => "token_expired",
@@ -502,7 +512,8 @@ impl Refusal {
             }
             Refusal::CapacityReached { .. }
             | Refusal::RateLimited { .. }
-            | Refusal::QuotaExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Refusal::QuotaExhausted { .. }
+            | Refusal::TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::NoExample { .. } => StatusCode::NOT_IMPLEMENTED,
             Refusal::UpstreamUnavailable { .. } | Refusal::UpstreamError { .. } => {
@@ -528,7 +539,9 @@ impl Refusal {
             | Refusal::UnknownApi { .. }
             | Refusal::UnknownOperation { .. }
             | Refusal::MethodNotAllowed { .. } => Stage::Route,
-            Refusal::RateLimited { .. } | Refusal::QuotaExhausted { .. } => Stage::Limit,
+            Refusal::RateLimited { .. }
+            | Refusal::QuotaExhausted { .. }
+            | Refusal::TooManyInFlight { .. } => Stage::Limit,
             Refusal::NoExample { .. }
             | Refusal::RealCardNumber { .. }
             | Refusal::UnsatisfiablePreference { .. }
@@ -604,6 +617,7 @@ impl Refusal {
             Refusal::UnsatisfiablePreference { .. } => "Preferred response not documented",
             Refusal::RateLimited { .. } => "Rate limit reached",
             Refusal::QuotaExhausted { .. } => "Quota used up",
+            Refusal::TooManyInFlight { .. } => "Too many requests in flight",
             Refusal::UnsupportedMediaType { .. } => "Unsupported media type",
             Refusal::BadSignature => "Token signature invalid",
             Refusal::TokenExpired { .. } => "Token expired",
@@ -676,6 +690,7 @@ impl Refusal {
             Refusal::RateLimited { rule, .. } | Refusal::QuotaExhausted { rule, .. } => {
                 Some(rule.clone())
             }
+            Refusal::TooManyInFlight { plan, .. } => Some(format!("plans.{plan}.concurrency")),
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
@@ -824,6 +839,9 @@ impl Refusal {
                 "Sandbox '{tenant}' (plan '{plan}') has used its {} rate limit of {requests} requests per {} (bursts up to {burst}); the next request is allowed in {retry_after} s.",
                 scope.as_str(),
                 humantime::format_duration(*per)
+            ),
+            Refusal::TooManyInFlight { tenant, plan, max } => format!(
+                "Sandbox '{tenant}' (plan '{plan}') already has {max} requests in flight, its plan's maximum."
             ),
             Refusal::QuotaExhausted {
                 tenant,
@@ -1038,6 +1056,9 @@ impl Refusal {
             Refusal::RateLimited { retry_after, .. } => format!(
                 "Wait {retry_after} s (Retry-After) and spread requests out; the RateLimit headers on every answer say how much is left. A bigger plan raises the limit."
             ),
+            Refusal::TooManyInFlight { .. } => {
+                "Wait for some of your requests to finish, then retry (Retry-After); send fewer requests at once.".into()
+            }
             Refusal::QuotaExhausted { resets_at, .. } => match resets_at {
                 Some(_) => "Wait until the quota resets (Retry-After), or ask for a bigger plan.".into(),
                 None => "Ask your sandbox contact for a bigger plan, or reset the sandbox's usage.".into(),
@@ -1067,6 +1088,7 @@ impl Refusal {
                 | Refusal::StoreUnavailable { .. }
                 | Refusal::IssuerKeysUnavailable { .. }
                 | Refusal::RateLimited { .. }
+                | Refusal::TooManyInFlight { .. }
                 | Refusal::QuotaExhausted {
                     resets_at: Some(_),
                     ..
@@ -1132,6 +1154,11 @@ impl Refusal {
                     "limit".into(),
                     json!({"scope": scope.as_str(), "requests": requests, "per": humantime::format_duration(*per).to_string(), "burst": burst}),
                 );
+            }
+            Refusal::TooManyInFlight { tenant, plan, max } => {
+                body.insert("tenant".into(), json!(tenant));
+                body.insert("plan".into(), json!(plan));
+                body.insert("concurrency".into(), json!(max));
             }
             Refusal::QuotaExhausted {
                 tenant,
@@ -1199,6 +1226,9 @@ impl Refusal {
         }
         if let Refusal::RateLimited { retry_after, .. } = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if let Refusal::TooManyInFlight { .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Refusal::QuotaExhausted {
             resets_at: Some(at),

@@ -211,6 +211,8 @@ pub struct Registry {
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Every tenant's quota counters.
     quotas: std::sync::Arc<crate::limits::quota::Counters>,
+    /// Every tenant's requests in flight.
+    in_flight: std::sync::Arc<crate::limits::concurrency::InFlight>,
 }
 
 fn corrupt(e: serde_json::Error) -> StoreError {
@@ -222,6 +224,7 @@ impl Registry {
     pub fn new(store: SharedStore) -> Self {
         Self {
             quotas: std::sync::Arc::new(crate::limits::quota::Counters::new(store.clone())),
+            in_flight: std::sync::Arc::default(),
             store,
             by_key: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -259,6 +262,11 @@ impl Registry {
     /// The tenants' quota counters.
     pub fn quotas(&self) -> &crate::limits::quota::Counters {
         &self.quotas
+    }
+
+    /// The tenants' requests in flight.
+    pub fn in_flight(&self) -> &std::sync::Arc<crate::limits::concurrency::InFlight> {
+        &self.in_flight
     }
 
     /// Saves a tenant (new or changed) and its API-key index entry.

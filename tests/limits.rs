@@ -318,3 +318,55 @@ async fn quota_counts_survive_a_restart_with_the_file_store() {
     assert_eq!(p["retryable"], false);
     assert!(gw.shutdown().await);
 }
+
+#[tokio::test]
+async fn a_full_concurrency_cap_refuses_until_a_slot_comes_back() {
+    let config = "listeners:\n  - addr: 127.0.0.1:0\nauth:\n  api_keys: { prefix: sk_sandbox_, live_prefixes: [sk_live_] }\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    fixtures: fixtures\n    mode: facade\n";
+    let slow = "fixtures:\n  - name: slow\n    method: GET\n    path: /v1/customers/{customer}\n    response:\n      status: 200\n      delay: 400ms\n      body: { id: cus_slow, object: customer, created: 1, email: null, name: null, description: null, phone: null, metadata: {}, livemode: false }\n";
+    let gw = start_gateway(sandbox_dir(&[
+        ("sandgate.yaml", config),
+        ("contracts/payments.yaml", PAYMENTS),
+        ("fixtures/slow.yaml", slow),
+        (
+            "policies/plans.yaml",
+            "plans:\n  pair:\n    concurrency: 2\n",
+        ),
+    ]))
+    .await;
+    let (id, key) = tenant(&gw, "pair").await;
+    let c = common::client();
+    let requests = (0..6).map(|_| {
+        let c = c.clone();
+        let url = gw.url(CUSTOMER);
+        let key = key.clone();
+        tokio::spawn(async move { c.get(url).bearer_auth(key).send().await })
+    });
+    let mut ok = 0;
+    let mut refused = None;
+    for r in futures_util::future::join_all(requests).await {
+        let r = r.expect("task").expect("request");
+        match r.status().as_u16() {
+            200 => ok += 1,
+            429 => refused = Some(r),
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(ok, 2);
+    let r = refused.expect("a refusal");
+    assert_eq!(header(&r, "retry-after"), "1");
+    let p = problem(r, 429, "too_many_in_flight").await;
+    assert_eq!(p["rule"], "plans.pair.concurrency");
+    assert_eq!(p["concurrency"], 2);
+    assert_eq!(p["tenant"], id.as_str());
+    // Every slot came back with its response.
+    for _ in 0..2 {
+        let r = c
+            .get(gw.url(CUSTOMER))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+    }
+    assert!(gw.shutdown().await);
+}

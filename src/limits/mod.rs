@@ -6,6 +6,7 @@
 //! request is checked (the plan's, the API's, the operation's), most
 //! specific first, and the first one that is exhausted refuses it.
 
+pub mod concurrency;
 pub mod quota;
 pub mod rate;
 
@@ -40,6 +41,10 @@ struct PlanConfig {
     /// Requests per period.
     #[serde(default)]
     quotas: Vec<QuotaConfig>,
+    /// Requests in flight at once.
+    concurrency: Option<Spanned<u32>>,
+    /// Per-tenant stored state (enforced by the state issue).
+    storage: Option<crate::config::ByteSize>,
     /// Per-API narrower rates, by API name.
     #[serde(default)]
     apis: HashMap<Spanned<String>, ApiPlanConfig>,
@@ -127,6 +132,10 @@ pub struct Plan {
     pub rate: Option<Rule>,
     /// The plan's quotas.
     pub quotas: Vec<quota::Quota>,
+    /// Requests in flight at once, when capped.
+    pub concurrency: Option<u32>,
+    /// Stored state allowed, in bytes (for per-tenant state).
+    pub storage: Option<u64>,
     /// API name → (API rule, operationId → operation rule).
     pub apis: BTreeMap<String, (Option<Rule>, BTreeMap<String, Rule>)>,
 }
@@ -307,6 +316,15 @@ fn compile(
     apis: &[(String, Vec<String>)],
 ) -> Result<Plan, Vec<ConfigError>> {
     let mut errors = Vec::new();
+    if let Some(c) = &p.concurrency
+        && c.value == 0
+    {
+        errors.push(ConfigError::new(
+            file,
+            c.referenced.line(),
+            format!("plans.{name}.concurrency must be at least 1"),
+        ));
+    }
     let mut quotas = Vec::new();
     for (i, q) in p.quotas.into_iter().enumerate() {
         let path = format!("plans.{name}.quotas[{i}]");
@@ -424,6 +442,8 @@ fn compile(
             name: name.to_owned(),
             rate: plan_rate,
             quotas,
+            concurrency: p.concurrency.map(|c| c.value),
+            storage: p.storage.map(|b| b.bytes()),
             apis: by_api,
         })
     } else {

@@ -47,6 +47,7 @@ pub async fn limit(
     routed: &Routed<'_>,
     principal: &Principal,
     standing_out: &mut Option<Standing>,
+    slot_out: &mut Option<crate::limits::concurrency::Slot>,
 ) -> Result<(), Refusal> {
     let plans = &sandbox.plans;
     if plans.plans.is_empty() {
@@ -66,6 +67,19 @@ pub async fn limit(
         .zip(routed.operation)
         .map(|(c, i)| c.operations[i].id.as_str());
     let key: Arc<str> = Arc::from(tenant.id.as_str());
+    // Concurrency first: a request with no slot spends no allowance.
+    if let Some(max) = plan.concurrency {
+        match registry.in_flight().acquire(&key, max) {
+            Some(slot) => *slot_out = Some(slot),
+            None => {
+                return Err(Refusal::TooManyInFlight {
+                    tenant: tenant.id.clone(),
+                    plan: plan.name.clone(),
+                    max,
+                });
+            }
+        }
+    }
     // (ratio left, rule, remaining, reset)
     let mut closest: Option<(f64, &crate::limits::Rule, u32, Duration)> = None;
     for rule in plan.rules(&routed.api.name, operation) {

@@ -50,6 +50,8 @@ pub struct RequestFacts {
     pub tenant: Option<String>,
     /// Where the tenant stands against its plan's rates (response headers).
     pub standing: Option<limit::Standing>,
+    /// The tenant's in-flight slot, held until the response body ends.
+    pub slot: Option<crate::limits::concurrency::Slot>,
 }
 
 /// Runs the stages in order.
@@ -89,7 +91,15 @@ pub async fn run(
     }
     // limit: the tenant's plan (rates); its standing goes on every answer.
     if let Some(p) = &principal {
-        limit::limit(sandbox, registry, &routed, p, &mut facts.standing).await?;
+        limit::limit(
+            sandbox,
+            registry,
+            &routed,
+            p,
+            &mut facts.standing,
+            &mut facts.slot,
+        )
+        .await?;
     }
     // validate: the request against the contract (reads a documented body).
     let (parts, body) = req.into_parts();
