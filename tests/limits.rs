@@ -370,3 +370,57 @@ async fn a_full_concurrency_cap_refuses_until_a_slot_comes_back() {
     }
     assert!(gw.shutdown().await);
 }
+
+#[tokio::test]
+async fn the_admin_api_shows_and_resets_usage() {
+    // The admin token is read from the variable `admin.token_env` names;
+    // cargo sets CARGO_PKG_NAME for every test process.
+    let token = env!("CARGO_PKG_NAME");
+    let config = "listeners:\n  - addr: 127.0.0.1:0\nadmin: { token_env: CARGO_PKG_NAME }\nauth:\n  api_keys: { prefix: sk_sandbox_, live_prefixes: [sk_live_] }\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n";
+    let gw = start_gateway(sandbox_dir(&[
+        ("sandgate.yaml", config),
+        ("contracts/payments.yaml", PAYMENTS),
+        ("policies/plans.yaml", POLICY),
+    ]))
+    .await;
+    let (id, key) = tenant(&gw, "metered").await;
+    let c = common::client();
+    for _ in 0..3 {
+        let r = c
+            .get(gw.url(CUSTOMER))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+    }
+    let status: serde_json::Value = c
+        .get(gw.admin_url(&format!("/internal/sandboxes/{id}/status")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    let usage = &status["usage"];
+    assert_eq!(usage["plan"], "metered", "{status}");
+    assert_eq!(usage["quotas"][0]["rule"], "plans.metered.quotas[0]");
+    assert_eq!(usage["quotas"][0]["used"], 3);
+    assert_eq!(usage["quotas"][0]["remaining"], 4);
+    assert_eq!(usage["quotas"][1]["per"], "lifetime");
+    assert_eq!(usage["quotas"][1]["resets_at"], serde_json::Value::Null);
+
+    let reset: serde_json::Value = c
+        .post(gw.admin_url(&format!("/internal/sandboxes/{id}/usage/reset")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("reset")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(reset["usage"]["quotas"][0]["used"], 0, "{reset}");
+    assert_eq!(reset["usage"]["quotas"][1]["used"], 0, "{reset}");
+    assert!(gw.shutdown().await);
+}

@@ -156,6 +156,73 @@ impl Plan {
     }
 }
 
+/// A tenant's standing against its plan, as the usage endpoints show it:
+/// the effective plan, its rate rules, every quota with what is used and
+/// when it resets, and the concurrency cap with the requests in flight.
+pub async fn usage(
+    plans: &Plans,
+    registry: &crate::tenants::Registry,
+    tenant: &crate::tenants::Tenant,
+) -> Result<serde_json::Value, crate::store::StoreError> {
+    use serde_json::json;
+    let Some(plan) = plans
+        .get(&tenant.plan)
+        .or_else(|| plans.get(&plans.default_plan))
+    else {
+        return Ok(json!({ "plan": tenant.plan, "limits": "none" }));
+    };
+    let rates: Vec<_> = plan
+        .rate
+        .iter()
+        .chain(
+            plan.apis
+                .values()
+                .flat_map(|(r, ops)| r.iter().chain(ops.values())),
+        )
+        .map(|r| {
+            let rate = r.limiter.rate;
+            json!({
+                "rule": r.path,
+                "scope": r.scope.as_str(),
+                "requests": rate.requests.get(),
+                "per": humantime::format_duration(rate.per).to_string(),
+                "burst": rate.burst.get(),
+            })
+        })
+        .collect();
+    let now = crate::tenants::now_secs();
+    let quotas: Vec<_> = registry
+        .quotas()
+        .usage(&tenant.id, &plan.quotas, now)
+        .await?
+        .into_iter()
+        .map(|u| {
+            json!({
+                "rule": u.quota.path,
+                "requests": u.quota.requests,
+                "per": u.quota.period.as_str(),
+                "used": u.used,
+                "remaining": u.quota.requests.saturating_sub(u.used),
+                "resets_at": u.resets_at.map(|at| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
+                    )
+                    .to_string()
+                }),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "plan": plan.name,
+        "rates": rates,
+        "quotas": quotas,
+        "concurrency": plan.concurrency.map(|max| json!({
+            "max": max,
+            "in_flight": registry.in_flight().current(&tenant.id),
+        })),
+    }))
+}
+
 /// Every plan of the sandbox.
 #[derive(Debug, Default)]
 pub struct Plans {
