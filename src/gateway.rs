@@ -146,6 +146,16 @@ impl Handler for Gateway {
             }
         };
         crate::edge::set_request_id(resp.headers_mut(), &facts.request_id);
+        if let Some(slot) = facts.slot.take() {
+            resp = resp.map(|b| {
+                http_body_util::BodyExt::boxed(crate::limits::concurrency::Holding::new(b, slot))
+            });
+        }
+        if let Some(standing) = facts.standing.take() {
+            let h = resp.headers_mut();
+            h.insert(pipeline::limit::RATELIMIT_POLICY, standing.policy);
+            h.insert(pipeline::limit::RATELIMIT, standing.limit);
+        }
         if method == http::Method::HEAD {
             drop_head_body(&mut resp);
         }

@@ -29,6 +29,7 @@ pub mod facade;
 pub mod gateway;
 pub mod issuer;
 pub mod jwt;
+pub mod limits;
 pub mod mtls;
 pub mod pipeline;
 pub mod refusal;

@@ -25,6 +25,8 @@ pub enum Stage {
     Identify,
     /// Tenant status and plan.
     Admit,
+    /// The tenant's rate limits and quotas.
+    Limit,
     /// The request against the API's contract.
     Validate,
     /// Producing the answer: facade or upstream.
@@ -41,6 +43,7 @@ impl Stage {
             Stage::Route => "route",
             Stage::Identify => "identify",
             Stage::Admit => "admit",
+            Stage::Limit => "limit",
             Stage::Validate => "validate",
             Stage::Dispatch => "dispatch",
             Stage::Admin => "admin",
@@ -250,6 +253,49 @@ pub enum Refusal {
         /// Documented example names.
         examples: Vec<String>,
     },
+    /// A rate rule of the tenant's plan has no allowance left now.
+    RateLimited {
+        /// The tenant.
+        tenant: String,
+        /// Its plan.
+        plan: String,
+        /// Which level of the plan the rule is at.
+        scope: crate::limits::Scope,
+        /// The config path of the rule, e.g. `plans.trial.rate`.
+        rule: String,
+        /// Requests per window.
+        requests: u32,
+        /// The window.
+        per: std::time::Duration,
+        /// The burst.
+        burst: u32,
+        /// Seconds until the next request is allowed (at least 1).
+        retry_after: u64,
+    },
+    /// The tenant already has its plan's maximum of requests in flight.
+    TooManyInFlight {
+        /// The tenant.
+        tenant: String,
+        /// Its plan.
+        plan: String,
+        /// The plan's `concurrency`.
+        max: u32,
+    },
+    /// A quota of the tenant's plan is used up for its period.
+    QuotaExhausted {
+        /// The tenant.
+        tenant: String,
+        /// Its plan.
+        plan: String,
+        /// The config path of the quota, e.g. `plans.trial.quotas[0]`.
+        rule: String,
+        /// Requests allowed per period.
+        requests: u64,
+        /// The period.
+        period: crate::limits::quota::Period,
+        /// When it resets (Unix seconds; `None` for a lifetime quota).
+        resets_at: Option<u64>,
+    },
     /// A value a scenario rule keys on looks like a real card number.
     RealCardNumber {
         /// The API.
@@ -393,6 +439,9 @@ impl Refusal {
             Refusal::InvalidRequest { .. } => "invalid_request",
             Refusal::RealCardNumber { .. } => "real_card_number",
             Refusal::UnsatisfiablePreference { .. } => "unsatisfiable_preference",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::QuotaExhausted { .. } => "quota_exhausted",
+            Refusal::TooManyInFlight { .. } => "too_many_in_flight",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
             Refusal::BadSignature => "bad_signature",
             Refusal::TokenExpired { .. } => "token_expired",
@@ -461,7 +510,10 @@ impl Refusal {
             Refusal::ExtensionLimit { .. } | Refusal::UnsatisfiablePreference { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Refusal::CapacityReached { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::CapacityReached { .. }
+            | Refusal::RateLimited { .. }
+            | Refusal::QuotaExhausted { .. }
+            | Refusal::TooManyInFlight { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::NoExample { .. } => StatusCode::NOT_IMPLEMENTED,
             Refusal::UpstreamUnavailable { .. } | Refusal::UpstreamError { .. } => {
@@ -487,6 +539,9 @@ impl Refusal {
             | Refusal::UnknownApi { .. }
             | Refusal::UnknownOperation { .. }
             | Refusal::MethodNotAllowed { .. } => Stage::Route,
+            Refusal::RateLimited { .. }
+            | Refusal::QuotaExhausted { .. }
+            | Refusal::TooManyInFlight { .. } => Stage::Limit,
             Refusal::NoExample { .. }
             | Refusal::RealCardNumber { .. }
             | Refusal::UnsatisfiablePreference { .. }
@@ -560,6 +615,9 @@ impl Refusal {
             Refusal::InvalidRequest { .. } => "Request does not match the contract",
             Refusal::RealCardNumber { .. } => "Real card number refused",
             Refusal::UnsatisfiablePreference { .. } => "Preferred response not documented",
+            Refusal::RateLimited { .. } => "Rate limit reached",
+            Refusal::QuotaExhausted { .. } => "Quota used up",
+            Refusal::TooManyInFlight { .. } => "Too many requests in flight",
             Refusal::UnsupportedMediaType { .. } => "Unsupported media type",
             Refusal::BadSignature => "Token signature invalid",
             Refusal::TokenExpired { .. } => "Token expired",
@@ -629,6 +687,10 @@ impl Refusal {
             }
             Refusal::RealCardNumber { api, .. } => Some(format!("apis.{api}.scenarios")),
             Refusal::UnsatisfiablePreference { api, .. } => Some(format!("apis.{api}.contract")),
+            Refusal::RateLimited { rule, .. } | Refusal::QuotaExhausted { rule, .. } => {
+                Some(rule.clone())
+            }
+            Refusal::TooManyInFlight { plan, .. } => Some(format!("plans.{plan}.concurrency")),
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
@@ -764,6 +826,42 @@ impl Refusal {
             } => format!(
                 "The request prefers `{asked}`, but operation '{operation}' of API '{api}' documents no such response (or, for `dynamic=true`, no JSON schema to generate it from)."
             ),
+            Refusal::RateLimited {
+                tenant,
+                plan,
+                scope,
+                requests,
+                per,
+                burst,
+                retry_after,
+                ..
+            } => format!(
+                "Sandbox '{tenant}' (plan '{plan}') has used its {} rate limit of {requests} requests per {} (bursts up to {burst}); the next request is allowed in {retry_after} s.",
+                scope.as_str(),
+                humantime::format_duration(*per)
+            ),
+            Refusal::TooManyInFlight { tenant, plan, max } => format!(
+                "Sandbox '{tenant}' (plan '{plan}') already has {max} requests in flight, its plan's maximum."
+            ),
+            Refusal::QuotaExhausted {
+                tenant,
+                plan,
+                requests,
+                period,
+                resets_at,
+                ..
+            } => match resets_at {
+                Some(at) => format!(
+                    "Sandbox '{tenant}' (plan '{plan}') has used its quota of {requests} requests per {} (UTC); it resets at {}.",
+                    period.as_str(),
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(*at)
+                    )
+                ),
+                None => format!(
+                    "Sandbox '{tenant}' (plan '{plan}') has used its lifetime quota of {requests} requests."
+                ),
+            },
             Refusal::RealCardNumber { api, pointer } => format!(
                 "The value at {pointer} of this request to API '{api}' looks like a real card number. This is a sandbox: never send real card data to it. The number was not stored or logged."
             ),
@@ -955,6 +1053,16 @@ impl Refusal {
             Refusal::UnsatisfiablePreference { .. } => {
                 "Ask for one of the documented statuses (`Prefer: code=…`) or example names (`Prefer: example=…`) listed in `available`.".into()
             }
+            Refusal::RateLimited { retry_after, .. } => format!(
+                "Wait {retry_after} s (Retry-After) and spread requests out; the RateLimit headers on every answer say how much is left. A bigger plan raises the limit."
+            ),
+            Refusal::TooManyInFlight { .. } => {
+                "Wait for some of your requests to finish, then retry (Retry-After); send fewer requests at once.".into()
+            }
+            Refusal::QuotaExhausted { resets_at, .. } => match resets_at {
+                Some(_) => "Wait until the quota resets (Retry-After), or ask for a bigger plan.".into(),
+                None => "Ask your sandbox contact for a bigger plan, or reset the sandbox's usage.".into(),
+            },
             Refusal::RealCardNumber { .. } => {
                 "Use a test card number (4242424242424242 succeeds, 4000000000000002 is declined) or a test payment method such as pm_card_visa.".into()
             }
@@ -979,6 +1087,12 @@ impl Refusal {
                 | Refusal::UpstreamError { .. }
                 | Refusal::StoreUnavailable { .. }
                 | Refusal::IssuerKeysUnavailable { .. }
+                | Refusal::RateLimited { .. }
+                | Refusal::TooManyInFlight { .. }
+                | Refusal::QuotaExhausted {
+                    resets_at: Some(_),
+                    ..
+                }
                 | Refusal::Internal
         )
     }
@@ -1023,6 +1137,55 @@ impl Refusal {
             Refusal::UnsupportedMediaType { accepted, .. } => {
                 body.insert("accepted".into(), json!(accepted));
             }
+            Refusal::RateLimited {
+                tenant,
+                plan,
+                scope,
+                requests,
+                per,
+                burst,
+                retry_after,
+                ..
+            } => {
+                body.insert("tenant".into(), json!(tenant));
+                body.insert("plan".into(), json!(plan));
+                body.insert("retry_after".into(), json!(retry_after));
+                body.insert(
+                    "limit".into(),
+                    json!({"scope": scope.as_str(), "requests": requests, "per": humantime::format_duration(*per).to_string(), "burst": burst}),
+                );
+            }
+            Refusal::TooManyInFlight { tenant, plan, max } => {
+                body.insert("tenant".into(), json!(tenant));
+                body.insert("plan".into(), json!(plan));
+                body.insert("concurrency".into(), json!(max));
+            }
+            Refusal::QuotaExhausted {
+                tenant,
+                plan,
+                requests,
+                period,
+                resets_at,
+                ..
+            } => {
+                body.insert("tenant".into(), json!(tenant));
+                body.insert("plan".into(), json!(plan));
+                body.insert(
+                    "quota".into(),
+                    json!({"requests": requests, "per": period.as_str()}),
+                );
+                if let Some(at) = resets_at {
+                    body.insert(
+                        "resets_at".into(),
+                        json!(
+                            humantime::format_rfc3339_seconds(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(*at)
+                            )
+                            .to_string()
+                        ),
+                    );
+                }
+            }
             Refusal::UnsatisfiablePreference {
                 codes, examples, ..
             } => {
@@ -1060,6 +1223,20 @@ impl Refusal {
             && let Ok(v) = HeaderValue::from_str(&allow.join(", "))
         {
             headers.insert(header::ALLOW, v);
+        }
+        if let Refusal::RateLimited { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
+        if let Refusal::TooManyInFlight { .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Refusal::QuotaExhausted {
+            resets_at: Some(at),
+            ..
+        } = &self
+        {
+            let wait = at.saturating_sub(crate::tenants::now_secs()).max(1);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(wait));
         }
         match &self {
             Refusal::AdminUnauthorized | Refusal::MissingCredentials { .. } => {

@@ -225,6 +225,20 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
     // (/readyz says 503) while the public listeners drain.
     let (admin_stop, admin_stop_rx) = watch::channel(false);
     let admin_tracker = TaskTracker::new();
+    // Background chores end with the admin listener, at the end of a
+    // shutdown, so nothing keeps the gateway (and its store) alive after it.
+    let until_stopped = |f: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>| {
+        let mut stop = admin_stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = f => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    };
+    until_stopped(Box::pin(sweep_expired(gateway.clone())));
+    until_stopped(Box::pin(forget_idle_limits(gateway.clone())));
+    until_stopped(Box::pin(write_quota_counts(gateway.clone())));
     tokio::spawn(server::serve(
         admin_listener,
         None,
@@ -234,7 +248,6 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         admin_tracker.clone(),
         admin_stop_rx,
     ));
-    tokio::spawn(sweep_expired(gateway.clone()));
     // Key sets of issuers configured by URL: fetched now, in the background
     // (an issuer that is down must not keep the gateway from starting).
     let sb = gateway.sandbox();
@@ -274,6 +287,16 @@ impl Running {
         self.admin_tracker.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.admin_tracker.wait())
             .await;
+        // The last quota counts go to the store before the process ends.
+        if let Err(e) = self
+            .gateway
+            .registry()
+            .quotas()
+            .flush(crate::tenants::now_secs())
+            .await
+        {
+            tracing::warn!(error = %e, "could not write the last quota counts");
+        }
         drained
     }
 
@@ -344,6 +367,32 @@ async fn sweep_expired(gateway: Arc<Gateway>) {
             Err(e) => {
                 tracing::warn!(error = %e, "expiry sweep failed; retrying at the next interval")
             }
+        }
+    }
+}
+
+/// Every minute, drops the rate-limiter state of tenants idle long enough
+/// to have their whole burst back, so memory follows the active tenants.
+async fn forget_idle_limits(gateway: Arc<Gateway>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        gateway.sandbox().plans.retain_recent();
+    }
+}
+
+/// Every second, writes changed quota counts to the store (so they survive
+/// a restart; at most a second of counts is lost to a crash).
+async fn write_quota_counts(gateway: Arc<Gateway>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        if let Err(e) = gateway
+            .registry()
+            .quotas()
+            .flush(crate::tenants::now_secs())
+            .await
+        {
+            metrics::counter!("sandgate_store_errors_total", "op" => "quota_flush").increment(1);
+            tracing::warn!(error = %e, "could not write quota counts; retrying in a second");
         }
     }
 }

@@ -116,13 +116,17 @@ pub struct Sandbox {
     pub admin_token_env: String,
     /// Base URL partners use, for provisioning answers.
     pub public_url: String,
+    /// Plans and their limits (`policies/*.yaml`).
+    pub plans: crate::limits::Plans,
 }
 
 impl Sandbox {
     /// Carries over from the sandbox it replaces what a reload must not
-    /// lose: fetched JWKS key sets and the demo's in-memory signing key.
+    /// lose: fetched JWKS key sets, the demo's in-memory signing key, and
+    /// the rate-limiter state of every rate rule that did not change.
     pub fn inherit(&mut self, previous: &Sandbox) {
         self.jwt.inherit_keys(&previous.jwt);
+        self.plans.inherit(&previous.plans);
         if let (Some(new), Some(old)) = (&mut self.builtin_issuer, &previous.builtin_issuer) {
             new.inherit_key(old);
             // The verifier of the built-in issuer must use the kept key.
@@ -325,6 +329,25 @@ impl Sandbox {
                     }),
             });
         }
+        let names: Vec<(String, Vec<String>)> = apis
+            .iter()
+            .map(|a| {
+                (
+                    a.name.to_string(),
+                    a.contract
+                        .iter()
+                        .flat_map(|c| c.operations.iter().map(|o| o.id.clone()))
+                        .collect(),
+                )
+            })
+            .collect();
+        let plans = match crate::limits::Plans::load(source, &names) {
+            Ok(p) => p,
+            Err(es) => {
+                errors.extend(es);
+                crate::limits::Plans::default()
+            }
+        };
         if !errors.is_empty() {
             errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             return Err(ConfigErrors(errors));
@@ -336,6 +359,7 @@ impl Sandbox {
         apis.sort_by_key(|a| std::cmp::Reverse(a.prefix.len()));
         static SANDBOX_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Sandbox {
+            plans,
             id: SANDBOX_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             hosts: config
                 .hosts

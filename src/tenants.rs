@@ -209,6 +209,10 @@ pub struct Registry {
     /// Bumped by every change made through this registry, so per-worker
     /// caches (see `pipeline::identify`) can drop what they hold at once.
     generation: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Every tenant's quota counters.
+    quotas: std::sync::Arc<crate::limits::quota::Counters>,
+    /// Every tenant's requests in flight.
+    in_flight: std::sync::Arc<crate::limits::concurrency::InFlight>,
 }
 
 fn corrupt(e: serde_json::Error) -> StoreError {
@@ -219,6 +223,8 @@ impl Registry {
     /// The tenants kept in `store`.
     pub fn new(store: SharedStore) -> Self {
         Self {
+            quotas: std::sync::Arc::new(crate::limits::quota::Counters::new(store.clone())),
+            in_flight: std::sync::Arc::default(),
             store,
             by_key: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -251,6 +257,16 @@ impl Registry {
     /// The underlying store.
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    /// The tenants' quota counters.
+    pub fn quotas(&self) -> &crate::limits::quota::Counters {
+        &self.quotas
+    }
+
+    /// The tenants' requests in flight.
+    pub fn in_flight(&self) -> &std::sync::Arc<crate::limits::concurrency::InFlight> {
+        &self.in_flight
     }
 
     /// Saves a tenant (new or changed) and its API-key index entry.

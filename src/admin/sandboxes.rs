@@ -10,6 +10,7 @@
 //! POST   /internal/sandboxes/{id}/extend     {"additional_days": 7}
 //! DELETE /internal/sandboxes/{id}            deactivate, archive, free data
 //! POST   /internal/sandboxes/{id}/reset      wipe the sandbox's data, keep credentials
+//! POST   /internal/sandboxes/{id}/usage/reset  forget its quota counts
 //! ```
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -131,7 +132,8 @@ pub async fn handle(
     match (method, segments.as_slice()) {
         (Method::POST, []) => create(gw, sandbox, req.into_body()).await,
         (Method::GET, []) => list(gw).await,
-        (Method::GET, [id, "status"]) => status(gw, id).await,
+        (Method::GET, [id, "status"]) => status(gw, sandbox, id).await,
+        (Method::POST, [id, "usage", "reset"]) => usage_reset(gw, sandbox, id).await,
         (Method::POST, [id, "extend"]) => extend(gw, sandbox, id, req.into_body()).await,
         (Method::DELETE, [id]) => deactivate(gw, id).await,
         (Method::POST, [id, "reset"]) => reset(gw, id).await,
@@ -292,12 +294,30 @@ async fn list(gw: &Gateway) -> Result<Response<Body>, Refusal> {
     ))
 }
 
-async fn status(gw: &Gateway, id: &str) -> Result<Response<Body>, Refusal> {
+async fn status(gw: &Gateway, sandbox: &Sandbox, id: &str) -> Result<Response<Body>, Refusal> {
     let t = load(gw, id).await?;
     let mut v = summary(&t, tenants::now_secs());
-    // Usage counters arrive with the limits issue.
-    v["usage"] = json!({});
+    v["usage"] = crate::limits::usage(&sandbox.plans, gw.registry(), &t)
+        .await
+        .map_err(store_err)?;
     Ok(json_response(StatusCode::OK, &v))
+}
+
+async fn usage_reset(gw: &Gateway, sandbox: &Sandbox, id: &str) -> Result<Response<Body>, Refusal> {
+    let t = load(gw, id).await?;
+    gw.registry()
+        .quotas()
+        .reset(&t.id)
+        .await
+        .map_err(store_err)?;
+    tracing::info!(tenant = %t.id, "usage reset by the admin API");
+    let usage = crate::limits::usage(&sandbox.plans, gw.registry(), &t)
+        .await
+        .map_err(store_err)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "sandbox_id": t.id, "usage": usage }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,6 +47,35 @@ impl Source {
         }
     }
 
+    /// The files directly in directory `rel` whose names end in one of
+    /// `extensions`, sorted by name (none when the directory is missing).
+    pub fn list(&self, rel: &Path, extensions: &[&str]) -> Vec<PathBuf> {
+        let wanted = |p: &Path| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| extensions.contains(&e))
+        };
+        let mut out: Vec<PathBuf> = match self {
+            Source::Dir(dir) => std::fs::read_dir(dir.join(rel))
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                        .map(|e| rel.join(e.file_name()))
+                        .filter(|p| wanted(p))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Source::Embedded(files) => files
+                .iter()
+                .map(|(name, _)| PathBuf::from(name))
+                .filter(|p| p.parent() == Some(rel) && wanted(p))
+                .collect(),
+        };
+        out.sort();
+        out
+    }
+
     /// How a file of this source is named in messages.
     pub fn display_path(&self, rel: &Path) -> PathBuf {
         match self {

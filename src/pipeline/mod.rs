@@ -7,7 +7,7 @@
 //! route     Host + prefix → API; method + path → operation
 //! identify  credentials → principal (JWT, API key, client certificate)
 //! admit     tenant active and not expired; its sandbox includes the API
-//! limit     rate and quota                              (coming: limits issue)
+//! limit     the tenant's plan: rate rules (GCRA)
 //! validate  request against the contract: params, body
 //! dispatch  facade answer or upstream proxy
 //! ```
@@ -19,6 +19,7 @@
 pub mod admit;
 pub mod dispatch;
 pub mod identify;
+pub mod limit;
 pub mod route;
 pub mod validate;
 
@@ -47,6 +48,10 @@ pub struct RequestFacts {
     pub source: Option<dispatch::AnswerSource>,
     /// The identified tenant's id.
     pub tenant: Option<String>,
+    /// Where the tenant stands against its plan's rates (response headers).
+    pub standing: Option<limit::Standing>,
+    /// The tenant's in-flight slot, held until the response body ends.
+    pub slot: Option<crate::limits::concurrency::Slot>,
 }
 
 /// Runs the stages in order.
@@ -84,7 +89,18 @@ pub async fn run(
         admit::admit(routed.api, p, crate::tenants::now_secs())?;
         facts.tenant = Some(p.tenant.id.clone());
     }
-    // limit: added by the limits issue, here.
+    // limit: the tenant's plan (rates); its standing goes on every answer.
+    if let Some(p) = &principal {
+        limit::limit(
+            sandbox,
+            registry,
+            &routed,
+            p,
+            &mut facts.standing,
+            &mut facts.slot,
+        )
+        .await?;
+    }
     // validate: the request against the contract (reads a documented body).
     let (parts, body) = req.into_parts();
     let (body, report) =

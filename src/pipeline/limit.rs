@@ -1,0 +1,152 @@
+//! Limit: the tenant's plan decides whether this request fits its rates.
+//!
+//! Every rate rule that applies (the operation's, the API's, the plan's,
+//! most specific first) is checked; the first one exhausted refuses the
+//! request (429 `rate_limited`, with `Retry-After`). Every tenant answer,
+//! refused or not, carries `RateLimit-Policy` and `RateLimit` (IETF httpapi
+//! rate-limit headers draft, structured-field form) for the rule closest to
+//! its limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::identify::Principal;
+use super::route::Routed;
+use crate::limits::quota::Decision as QuotaDecision;
+use crate::limits::rate::Decision;
+use crate::refusal::Refusal;
+use crate::sandbox::Sandbox;
+
+/// `RateLimit-Policy`.
+pub const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`.
+pub const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+
+/// Where the tenant stands, for the response headers.
+#[derive(Clone, Debug)]
+pub struct Standing {
+    /// `RateLimit-Policy` value.
+    pub policy: HeaderValue,
+    /// `RateLimit` value.
+    pub limit: HeaderValue,
+}
+
+fn seconds_up(d: Duration) -> u64 {
+    let s = d.as_secs();
+    if d.subsec_nanos() > 0 { s + 1 } else { s }
+}
+
+/// Checks `principal`'s plan for a request of `routed`, and puts where the
+/// tenant stands (allowed or refused) in `standing`; it stays `None` when
+/// the tenant's plan sets no rate for the request.
+pub async fn limit(
+    sandbox: &Sandbox,
+    registry: &crate::tenants::Registry,
+    routed: &Routed<'_>,
+    principal: &Principal,
+    standing_out: &mut Option<Standing>,
+    slot_out: &mut Option<crate::limits::concurrency::Slot>,
+) -> Result<(), Refusal> {
+    let plans = &sandbox.plans;
+    if plans.plans.is_empty() {
+        return Ok(());
+    }
+    let tenant = &principal.tenant;
+    let Some(plan) = plans
+        .get(&tenant.plan)
+        .or_else(|| plans.get(&plans.default_plan))
+    else {
+        return Ok(());
+    };
+    let operation = routed
+        .api
+        .contract
+        .as_ref()
+        .zip(routed.operation)
+        .map(|(c, i)| c.operations[i].id.as_str());
+    let key: Arc<str> = Arc::from(tenant.id.as_str());
+    // Concurrency first: a request with no slot spends no allowance.
+    if let Some(max) = plan.concurrency {
+        match registry.in_flight().acquire(&key, max) {
+            Some(slot) => *slot_out = Some(slot),
+            None => {
+                return Err(Refusal::TooManyInFlight {
+                    tenant: tenant.id.clone(),
+                    plan: plan.name.clone(),
+                    max,
+                });
+            }
+        }
+    }
+    // (ratio left, rule, remaining, reset)
+    let mut closest: Option<(f64, &crate::limits::Rule, u32, Duration)> = None;
+    for rule in plan.rules(&routed.api.name, operation) {
+        let burst = rule.limiter.rate.burst.get();
+        match rule.limiter.check(&key) {
+            Decision::Allowed { remaining, reset } => {
+                let ratio = f64::from(remaining) / f64::from(burst);
+                if closest.is_none_or(|(r, ..)| ratio < r) {
+                    closest = Some((ratio, rule, remaining, reset));
+                }
+            }
+            Decision::Limited { retry_after } => {
+                let rate = rule.limiter.rate;
+                *standing_out = Some(standing(rule, 0, retry_after));
+                return Err(Refusal::RateLimited {
+                    tenant: tenant.id.clone(),
+                    plan: plan.name.clone(),
+                    scope: rule.scope,
+                    rule: rule.path.clone(),
+                    requests: rate.requests.get(),
+                    per: rate.per,
+                    burst,
+                    retry_after: seconds_up(retry_after).max(1),
+                });
+            }
+        }
+    }
+    *standing_out = closest.map(|(_, rule, remaining, reset)| standing(rule, remaining, reset));
+    // Quotas, after the rates: a request refused for its rate is not counted.
+    if plan.quotas.is_empty() {
+        return Ok(());
+    }
+    let now = crate::tenants::now_secs();
+    match registry
+        .quotas()
+        .decide(&tenant.id, &plan.quotas, now)
+        .await
+    {
+        Ok(QuotaDecision::Allowed(_)) => Ok(()),
+        Ok(QuotaDecision::Exhausted(usage)) => Err(Refusal::QuotaExhausted {
+            tenant: tenant.id.clone(),
+            plan: plan.name.clone(),
+            rule: usage.quota.path.clone(),
+            requests: usage.quota.requests,
+            period: usage.quota.period,
+            resets_at: usage.resets_at,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "quota counters unavailable");
+            Err(Refusal::StoreUnavailable {
+                stage: crate::refusal::Stage::Limit,
+            })
+        }
+    }
+}
+
+fn standing(rule: &crate::limits::Rule, remaining: u32, reset: Duration) -> Standing {
+    let rate = rule.limiter.rate;
+    let burst = rate.burst.get();
+    // The policy as the draft sees it: `burst` requests per the time a whole
+    // burst takes to come back.
+    let window = seconds_up(rate.interval() * burst).max(1);
+    let name = rule.scope.as_str();
+    Standing {
+        policy: HeaderValue::from_str(&format!("\"{name}\";q={burst};w={window}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"plan\"")),
+        limit: HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={}", seconds_up(reset)))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"plan\"")),
+    }
+}
