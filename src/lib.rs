@@ -38,6 +38,7 @@ pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tenant_api;
 pub mod tenants;
 pub mod upstream;
 

@@ -424,3 +424,72 @@ async fn the_admin_api_shows_and_resets_usage() {
     assert_eq!(reset["usage"]["quotas"][1]["used"], 0, "{reset}");
     assert!(gw.shutdown().await);
 }
+
+#[tokio::test]
+async fn a_tenant_sees_its_own_usage_and_nobody_else_does() {
+    let gw = gateway().await;
+    let (id, key) = tenant(&gw, "metered").await;
+    let (other_id, other) = tenant(&gw, "trial").await;
+    let c = common::client();
+    for _ in 0..2 {
+        let r = c
+            .get(gw.url(CUSTOMER))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+    }
+    let mine: serde_json::Value = c
+        .get(gw.url("/_sandbox/usage"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("usage")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(mine["sandbox_id"], id.as_str());
+    assert_eq!(mine["usage"]["plan"], "metered");
+    assert_eq!(mine["usage"]["quotas"][0]["used"], 2, "{mine}");
+    assert_eq!(mine["usage"]["quotas"][0]["remaining"], 5);
+    // Reading usage counts against nothing.
+    let again: serde_json::Value = c
+        .get(gw.url("/_sandbox/usage"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("usage")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(again["usage"]["quotas"][0]["used"], 2);
+    // Another tenant sees its own.
+    let theirs: serde_json::Value = c
+        .get(gw.url("/_sandbox/usage"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .expect("usage")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(theirs["sandbox_id"], other_id.as_str());
+    assert_eq!(theirs["usage"]["plan"], "trial");
+    assert_eq!(theirs["usage"]["rates"][0]["rule"], "plans.trial.rate");
+    // Without credentials: the usual explanation of what is accepted.
+    let r = c
+        .get(gw.url("/_sandbox/usage"))
+        .send()
+        .await
+        .expect("usage");
+    problem(r, 401, "missing_credentials").await;
+    let r = c
+        .post(gw.url("/_sandbox/usage"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("usage");
+    problem(r, 405, "method_not_allowed").await;
+    assert!(gw.shutdown().await);
+}

@@ -84,27 +84,41 @@ pub async fn identify(
     if sandbox.api_keys.is_none() || !api.auth_required {
         return Ok(None);
     }
+    caller(&api.name, sandbox, headers, peer, registry)
+        .await
+        .map(Some)
+}
+
+/// Identifies a caller that must present sandbox credentials (`api` names
+/// what it called, in refusals and logs).
+pub async fn caller(
+    api: &str,
+    sandbox: &Sandbox,
+    headers: &HeaderMap,
+    peer: Option<&[CertificateDer<'static>]>,
+    registry: &Registry,
+) -> Result<Principal, Refusal> {
     let Some(cred) = credential(headers) else {
         // No credential header: a verified client certificate can stand in.
         if let (Some(kind), Some(leaf)) = (sandbox.mtls_identity, peer.and_then(<[_]>::first)) {
-            return identify_mtls(leaf, kind, registry).await.map(Some);
+            return identify_mtls(leaf, kind, registry).await;
         }
         return Err(missing(api, sandbox));
     };
     // The common case: a credential this worker resolved moments ago.
     let digest = local::digest(cred);
     if let Some(p) = local::get(registry, sandbox, &digest) {
-        return Ok(Some(p));
+        return Ok(p);
     }
     let (principal, exp) = identify_credential(api, sandbox, cred, &digest, registry).await?;
     local::put(registry, sandbox, digest, &principal, exp);
-    Ok(Some(principal))
+    Ok(principal)
 }
 
 /// Resolves a credential header (JWT or API key) through the shared caches
 /// and the store; returns the principal and, for a token, its `exp`.
 async fn identify_credential(
-    api: &Api,
+    api: &str,
     sandbox: &Sandbox,
     cred: &str,
     digest: &[u8; 32],
@@ -121,7 +135,7 @@ async fn identify_credential(
         .iter()
         .any(|p| cred.starts_with(p.as_str()))
     {
-        tracing::warn!(api = %api.name, "production API key refused");
+        tracing::warn!(api = %api, "production API key refused");
         return Err(Refusal::ProductionCredentials {
             sandbox_prefix: keys.prefix.clone(),
         });
@@ -154,7 +168,7 @@ async fn identify_credential(
 
 /// The refusal for a request without credentials: what this sandbox
 /// accepts and where to get a token.
-fn missing(api: &Api, sandbox: &Sandbox) -> Refusal {
+fn missing(api: &str, sandbox: &Sandbox) -> Refusal {
     let mut accepted = Vec::new();
     if let Some(k) = &sandbox.api_keys {
         accepted.push(format!(
@@ -178,7 +192,7 @@ fn missing(api: &Api, sandbox: &Sandbox) -> Refusal {
         accepted.push("a registered client certificate (on the TLS listener)".into());
     }
     Refusal::MissingCredentials {
-        api: api.name.to_string(),
+        api: api.to_owned(),
         accepted,
         token_url: sandbox.builtin_issuer.as_ref().map(|b| {
             format!(

@@ -4,6 +4,7 @@
 //! ```text
 //! edge      head limits, canonical path                (crate::edge)
 //! (issuer)  /oauth/token, /.well-known/*: the built-in token issuer
+//! (tenant)  /_sandbox/*: the tenant's own endpoints (usage)
 //! route     Host + prefix → API; method + path → operation
 //! identify  credentials → principal (JWT, API key, client certificate)
 //! admit     tenant active and not expired; its sandbox includes the API
@@ -69,6 +70,11 @@ pub async fn run(
     if let Some(endpoint) = crate::issuer::endpoint(sandbox, req.uri().path()) {
         route::check_host(sandbox, &req)?;
         return crate::issuer::serve(endpoint, sandbox, registry, req).await;
+    }
+    // The tenant's own endpoints (/_sandbox/usage), with its credentials.
+    if let Some(endpoint) = crate::tenant_api::endpoint(sandbox, req.uri().path()) {
+        route::check_host(sandbox, &req)?;
+        return crate::tenant_api::serve(endpoint, sandbox, registry, req, conn).await;
     }
     // route: the API and operation decide every later stage's rules.
     let routed = route::route(sandbox, &req)?;
