@@ -272,6 +272,12 @@ pub enum Refusal {
         /// Seconds until the next request is allowed (at least 1).
         retry_after: u64,
     },
+    /// The store that keeps the limits' counters failed or was too slow,
+    /// and `store.on_error` is `fail_closed`.
+    LimitsUnavailable {
+        /// The store kind (`redis`, `file`, `memory`).
+        store: &'static str,
+    },
     /// The tenant already has its plan's maximum of requests in flight.
     TooManyInFlight {
         /// The tenant.
@@ -442,6 +448,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::QuotaExhausted { .. } => "quota_exhausted",
             Refusal::TooManyInFlight { .. } => "too_many_in_flight",
+            Refusal::LimitsUnavailable { .. } => "limits_unavailable",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
             Refusal::BadSignature => "bad_signature",
             Refusal::TokenExpired { .. } => "token_expired",
@@ -481,7 +488,8 @@ impl Refusal {
             | Refusal::SandboxNotFound { .. } => StatusCode::NOT_FOUND,
             Refusal::AdminTokenUnset { .. }
             | Refusal::StoreUnavailable { .. }
-            | Refusal::IssuerKeysUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Refusal::IssuerKeysUnavailable { .. }
+            | Refusal::LimitsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::AdminUnauthorized
             | Refusal::MissingCredentials { .. }
             | Refusal::ProductionCredentials { .. }
@@ -541,7 +549,8 @@ impl Refusal {
             | Refusal::MethodNotAllowed { .. } => Stage::Route,
             Refusal::RateLimited { .. }
             | Refusal::QuotaExhausted { .. }
-            | Refusal::TooManyInFlight { .. } => Stage::Limit,
+            | Refusal::TooManyInFlight { .. }
+            | Refusal::LimitsUnavailable { .. } => Stage::Limit,
             Refusal::NoExample { .. }
             | Refusal::RealCardNumber { .. }
             | Refusal::UnsatisfiablePreference { .. }
@@ -618,6 +627,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "Rate limit reached",
             Refusal::QuotaExhausted { .. } => "Quota used up",
             Refusal::TooManyInFlight { .. } => "Too many requests in flight",
+            Refusal::LimitsUnavailable { .. } => "Limits cannot be checked",
             Refusal::UnsupportedMediaType { .. } => "Unsupported media type",
             Refusal::BadSignature => "Token signature invalid",
             Refusal::TokenExpired { .. } => "Token expired",
@@ -691,6 +701,7 @@ impl Refusal {
                 Some(rule.clone())
             }
             Refusal::TooManyInFlight { plan, .. } => Some(format!("plans.{plan}.concurrency")),
+            Refusal::LimitsUnavailable { .. } => Some("store.on_error".into()),
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
             Refusal::UnreadableBody
@@ -839,6 +850,9 @@ impl Refusal {
                 "Sandbox '{tenant}' (plan '{plan}') has used its {} rate limit of {requests} requests per {} (bursts up to {burst}); the next request is allowed in {retry_after} s.",
                 scope.as_str(),
                 humantime::format_duration(*per)
+            ),
+            Refusal::LimitsUnavailable { store } => format!(
+                "The {store} store that keeps usage counters did not answer in time, and this sandbox refuses requests it cannot count (store.on_error: fail_closed)."
             ),
             Refusal::TooManyInFlight { tenant, plan, max } => format!(
                 "Sandbox '{tenant}' (plan '{plan}') already has {max} requests in flight, its plan's maximum."
@@ -1056,6 +1070,9 @@ impl Refusal {
             Refusal::RateLimited { retry_after, .. } => format!(
                 "Wait {retry_after} s (Retry-After) and spread requests out; the RateLimit headers on every answer say how much is left. A bigger plan raises the limit."
             ),
+            Refusal::LimitsUnavailable { .. } => {
+                "Retry shortly (Retry-After); if it persists, tell the sandbox operators their store is unreachable.".into()
+            }
             Refusal::TooManyInFlight { .. } => {
                 "Wait for some of your requests to finish, then retry (Retry-After); send fewer requests at once.".into()
             }
@@ -1089,6 +1106,7 @@ impl Refusal {
                 | Refusal::IssuerKeysUnavailable { .. }
                 | Refusal::RateLimited { .. }
                 | Refusal::TooManyInFlight { .. }
+                | Refusal::LimitsUnavailable { .. }
                 | Refusal::QuotaExhausted {
                     resets_at: Some(_),
                     ..
@@ -1227,7 +1245,7 @@ impl Refusal {
         if let Refusal::RateLimited { retry_after, .. } = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
-        if let Refusal::TooManyInFlight { .. } = &self {
+        if let Refusal::TooManyInFlight { .. } | Refusal::LimitsUnavailable { .. } = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Refusal::QuotaExhausted {

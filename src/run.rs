@@ -86,8 +86,20 @@ fn probe_exclusive(addr: SocketAddr) -> std::io::Result<SocketAddr> {
 
 /// Opens the configured store. A file path is relative to the sandbox
 /// directory (to the working directory for the bundled demo).
-fn open_store(cfg: &StoreConfig, source: &Source) -> Result<SharedStore, StartError> {
-    Ok(match cfg.kind {
+async fn open_store(cfg: &StoreConfig, source: &Source) -> Result<SharedStore, StartError> {
+    Ok(match cfg.kind.value {
+        StoreKind::Redis => {
+            let url = cfg
+                .url
+                .as_ref()
+                .map(|u| u.value.as_str())
+                .unwrap_or_default();
+            Arc::new(
+                crate::store::RedisStore::connect(url, cfg.timeout.get())
+                    .await
+                    .map_err(|e| StartError::Store(e.to_string()))?,
+            )
+        }
         StoreKind::Memory => Arc::new(MemoryStore::new()),
         StoreKind::File => {
             let path = match source {
@@ -147,7 +159,7 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         source: e,
     })?;
 
-    let store = open_store(&sandbox.store, &source)?;
+    let store = open_store(&sandbox.store, &source).await?;
     let gateway = Arc::new(Gateway::new(
         sandbox,
         source,

@@ -422,6 +422,27 @@ async fn the_admin_api_shows_and_resets_usage() {
         .expect("json");
     assert_eq!(reset["usage"]["quotas"][0]["used"], 0, "{reset}");
     assert_eq!(reset["usage"]["quotas"][1]["used"], 0, "{reset}");
+
+    // Provisioning: a plan must be one of the policies' plans; without
+    // one, the sandbox gets default_plan.
+    let create = |body: serde_json::Value| {
+        c.post(gw.admin_url("/internal/sandboxes"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let r = create(serde_json::json!({"prospect_company": "Acme", "prospect_email": "a@acme.test", "plan": "gold"}))
+        .await
+        .expect("create");
+    let p = problem(r, 400, "invalid_body").await;
+    assert_eq!(p["errors"][0]["pointer"], "/plan", "{p}");
+    let r =
+        create(serde_json::json!({"prospect_company": "Acme", "prospect_email": "a@acme.test"}))
+            .await
+            .expect("create");
+    assert_eq!(r.status(), 201);
+    let made: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(made["plan"], "trial");
     assert!(gw.shutdown().await);
 }
 

@@ -197,6 +197,24 @@ async fn create(
             }
         }
     }
+    if let Some(plan) = &r.plan
+        && !sandbox.plans.plans.is_empty()
+        && sandbox.plans.get(plan).is_none()
+    {
+        errors.push((
+            "/plan".into(),
+            format!(
+                "`{plan}` is not a plan of this sandbox ({})",
+                sandbox
+                    .plans
+                    .plans
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
     if !errors.is_empty() {
         return Err(Refusal::InvalidBody { errors });
     }
@@ -225,7 +243,7 @@ async fn create(
     tenant.deal_id = r.deal_id;
     tenant.industry = r.industry;
     tenant.persona = r.persona;
-    tenant.plan = r.plan.unwrap_or_else(|| "trial".into());
+    tenant.plan = r.plan.unwrap_or_else(|| sandbox.plans.default_plan.clone());
     tenant.features_enabled = r.features_enabled;
     tenant.sample_data_persona = r.sample_data_persona;
     tenant.mtls_identities = r.mtls_identities;

@@ -352,9 +352,20 @@ pub enum ApiAuth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `memory` (lost on exit) or `file` (embedded redb database: survives
-    /// restarts and `kill -9`). `redis` arrives with the limits issue.
-    pub kind: StoreKind,
+    /// `memory` (lost on exit), `file` (embedded redb database: survives
+    /// restarts and `kill -9`) or `redis` (shared by every replica).
+    pub kind: Spanned<StoreKind>,
+    /// The Redis URL for `kind: redis` (`redis://host:port/db`).
+    pub url: Option<Spanned<String>>,
+    /// How long a Redis operation may take before it counts as failed.
+    /// Default: `50ms`.
+    #[serde(default = "default_store_timeout")]
+    pub timeout: Duration,
+    /// What a limit decision does when Redis fails or is too slow:
+    /// `fail_closed` (refuse, 503 `limits_unavailable`) or `fail_open`
+    /// (allow, and count it). Default: `fail_closed`.
+    #[serde(default)]
+    pub on_error: OnStoreError,
     /// The database file for `kind: file`, relative to the sandbox directory
     /// (to the working directory for the bundled demo). Default:
     /// `data/sandgate.redb`.
@@ -365,10 +376,32 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            kind: StoreKind::Memory,
+            kind: Spanned::new(
+                StoreKind::Memory,
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            ),
             path: default_store_path(),
+            url: None,
+            timeout: default_store_timeout(),
+            on_error: OnStoreError::default(),
         }
     }
+}
+
+fn default_store_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+/// What limit decisions do while the store is unavailable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Refuse (503 `limits_unavailable`).
+    #[default]
+    FailClosed,
+    /// Allow, and count the decision in a metric.
+    FailOpen,
 }
 
 fn default_store_path() -> PathBuf {
@@ -383,6 +416,8 @@ pub enum StoreKind {
     Memory,
     /// Embedded redb file.
     File,
+    /// Redis (or Valkey), shared by replicas.
+    Redis,
 }
 
 /// Lifecycle rules of tenants (sandboxes).
@@ -853,6 +888,34 @@ impl Config {
                     );
                 }
             }
+        }
+        match (&self.store.kind.value, &self.store.url) {
+            (StoreKind::Redis, None) => err(
+                self.store.kind.referenced.line(),
+                "`store.kind: redis` needs `store.url` (e.g. redis://127.0.0.1:6379/0)".into(),
+            ),
+            (StoreKind::Redis, Some(u))
+                if !(u.value.starts_with("redis://") || u.value.starts_with("rediss://")) =>
+            {
+                err(
+                    u.referenced.line(),
+                    format!(
+                        "store.url `{}` must start with redis:// or rediss://",
+                        u.value
+                    ),
+                )
+            }
+            (StoreKind::Memory | StoreKind::File, Some(u)) => err(
+                u.referenced.line(),
+                "`store.url` is only for `kind: redis`".into(),
+            ),
+            _ => {}
+        }
+        if self.store.timeout.get().is_zero() {
+            err(
+                self.store.kind.referenced.line(),
+                "store.timeout must be greater than zero".into(),
+            );
         }
         for host in &self.hosts {
             let has_port = host

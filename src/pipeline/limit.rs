@@ -128,10 +128,21 @@ pub async fn limit(
             resets_at: usage.resets_at,
         }),
         Err(e) => {
-            tracing::warn!(error = %e, "quota counters unavailable");
-            Err(Refusal::StoreUnavailable {
-                stage: crate::refusal::Stage::Limit,
-            })
+            let store = registry.store().kind();
+            match sandbox.store.on_error {
+                crate::config::OnStoreError::FailOpen => {
+                    metrics::counter!("sandgate_limit_decisions_total", "outcome" => "fail_open")
+                        .increment(1);
+                    tracing::warn!(error = %e, store, "quota counters unavailable; allowing (store.on_error: fail_open)");
+                    Ok(())
+                }
+                crate::config::OnStoreError::FailClosed => {
+                    metrics::counter!("sandgate_limit_decisions_total", "outcome" => "fail_closed")
+                        .increment(1);
+                    tracing::warn!(error = %e, store, "quota counters unavailable; refusing (store.on_error: fail_closed)");
+                    Err(Refusal::LimitsUnavailable { store })
+                }
+            }
         }
     }
 }

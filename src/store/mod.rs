@@ -9,6 +9,7 @@
 
 mod file;
 mod memory;
+mod redis;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +18,7 @@ use futures_util::future::BoxFuture;
 
 pub use file::FileStore;
 pub use memory::MemoryStore;
+pub use redis::{RedisStore, redis_key};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

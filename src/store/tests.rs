@@ -151,3 +151,127 @@ async fn concurrent_increments_are_atomic() {
         );
     }
 }
+
+/// A `redis-server` of this test's own on a free port, killed on drop.
+pub(crate) struct TestRedis {
+    child: std::process::Child,
+    /// `redis://127.0.0.1:<port>/0`.
+    pub url: String,
+}
+
+impl TestRedis {
+    /// Starts one and waits until it answers. Panics (never skips) when
+    /// `redis-server` is not installed: `scripts/test.sh` installs it.
+    pub(crate) async fn start() -> TestRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let redis = TestRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return redis;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`) to the server.
+    pub(crate) fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal}");
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn redis_store_conforms_and_expires() {
+    let redis = TestRedis::start().await;
+    let s = RedisStore::connect(&redis.url, Duration::from_millis(500))
+        .await
+        .expect("connect");
+    conformance(&s).await;
+    // Real expiry: Redis keeps its own time.
+    s.put("e", b"v".to_vec(), Some(Duration::from_millis(150)))
+        .await
+        .expect("put");
+    assert_eq!(
+        s.incr("ec", 1, Some(Duration::from_millis(150)))
+            .await
+            .expect("incr"),
+        1
+    );
+    assert_eq!(
+        s.incr("ec", 1, Some(Duration::from_millis(150)))
+            .await
+            .expect("incr"),
+        2
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.get("e").await.expect("get").is_none());
+    assert_eq!(s.incr("ec", 1, None).await.expect("incr"), 1, "restarted");
+    // Concurrent increments are atomic.
+    let s = std::sync::Arc::new(s);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.incr("n", 1, None).await.expect("incr") })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("join");
+    }
+    assert_eq!(s.incr("n", 0, None).await.expect("incr"), 50);
+}
+
+#[tokio::test]
+async fn a_stalled_redis_fails_within_the_timeout_and_recovers() {
+    let redis = TestRedis::start().await;
+    let s = RedisStore::connect(&redis.url, Duration::from_millis(100))
+        .await
+        .expect("connect");
+    s.put("k", b"v".to_vec(), None).await.expect("put");
+    redis.signal("STOP");
+    let started = std::time::Instant::now();
+    let r = s.get("k").await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    // Bounded by the timeout, not by TCP (generous for a loaded machine).
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    redis.signal("CONT");
+    let mut back = None;
+    for _ in 0..100 {
+        if let Ok(v) = s.get("k").await {
+            back = v;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(back, Some(b"v".to_vec()), "the same store answers again");
+}

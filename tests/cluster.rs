@@ -1,0 +1,202 @@
+//! The Redis store, end to end: a real `redis-server` started by the test
+//! on a free port; tenants provisioned through one gateway are served by
+//! another sharing the same Redis; quota counts written by one replica are
+//! read by the next; a stalled Redis (SIGSTOP) is answered within the
+//! store timeout in the configured mode (`fail_closed` → 503
+//! `limits_unavailable`, `fail_open` → allowed), and service resumes by
+//! itself after SIGCONT.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{PAYMENTS, TestGateway, problem, sandbox_dir, start_gateway};
+use sandgate::tenants::{self, DAY};
+
+/// A `redis-server` of this test's own on a free port, killed on drop.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let redis = Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return redis;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig}");
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const POLICY: &str = "plans:\n  metered:\n    quotas: [ { requests: 5, per: lifetime } ]\n";
+
+async fn replica(redis: &Redis, on_error: &str) -> TestGateway {
+    let config = format!(
+        "listeners:\n  - addr: 127.0.0.1:0\nstore: {{ kind: redis, url: \"{}\", timeout: 200ms, on_error: {on_error} }}\nauth:\n  api_keys: {{ prefix: sk_sandbox_, live_prefixes: [sk_live_] }}\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n",
+        redis.url
+    );
+    start_gateway(sandbox_dir(&[
+        ("sandgate.yaml", &config),
+        ("contracts/payments.yaml", PAYMENTS),
+        ("policies/plans.yaml", POLICY),
+    ]))
+    .await
+}
+
+async fn tenant(gw: &TestGateway) -> (String, String) {
+    let now = tenants::now_secs();
+    let (mut t, creds) = tenants::new_tenant(
+        "Acme",
+        "dev@acme.test",
+        now,
+        std::time::Duration::ZERO,
+        "sk_sandbox_",
+    )
+    .expect("tenant");
+    t.plan = "metered".into();
+    t.expires_at = now + 7 * DAY;
+    let registry = gw
+        .running
+        .as_ref()
+        .expect("running")
+        .gateway
+        .registry()
+        .clone();
+    registry.put(&t).await.expect("store tenant");
+    (t.id, creds.api_key)
+}
+
+const CUSTOMER: &str = "/payments/v1/customers/cus_NffrFeUfNV2Hib";
+
+#[tokio::test]
+async fn replicas_share_tenants_and_quota_counts() {
+    let redis = Redis::start().await;
+    let a = replica(&redis, "fail_closed").await;
+    let (_, key) = tenant(&a).await;
+    let c = common::client();
+    for _ in 0..3 {
+        let r = c
+            .get(a.url(CUSTOMER))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+    }
+    // Replica A stops (writing its counts); replica B knows the tenant and
+    // its count from Redis: two of five left.
+    assert!(a.shutdown().await);
+    let b = replica(&redis, "fail_closed").await;
+    for _ in 0..2 {
+        let r = c
+            .get(b.url(CUSTOMER))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .get(b.url(CUSTOMER))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    problem(r, 429, "quota_exhausted").await;
+    assert!(b.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_stalled_redis_is_answered_in_the_configured_mode_then_recovers() {
+    for (mode, stalled_status) in [("fail_closed", 503), ("fail_open", 200)] {
+        let redis = Redis::start().await;
+        let gw = replica(&redis, mode).await;
+        let (id, key) = tenant(&gw).await;
+        let c = common::client();
+        let r = c
+            .get(gw.url(CUSTOMER))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200, "{mode}");
+        // Forget the counts in memory, so the next decision needs Redis;
+        // the caller stays identified from the gateway's caches.
+        let registry = gw
+            .running
+            .as_ref()
+            .expect("running")
+            .gateway
+            .registry()
+            .clone();
+        registry.quotas().reset(&id).await.expect("reset");
+        redis.signal("STOP");
+        let r = c
+            .get(gw.url(CUSTOMER))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), stalled_status, "{mode}");
+        if stalled_status == 503 {
+            let p = problem(r, 503, "limits_unavailable").await;
+            assert_eq!(p["rule"], "store.on_error");
+            assert_eq!(p["stage"], "limit");
+        }
+        redis.signal("CONT");
+        // Back by itself: no restart.
+        let mut recovered = false;
+        for _ in 0..100 {
+            let r = c
+                .get(gw.url(CUSTOMER))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .expect("request");
+            if r.status() == 200 {
+                recovered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(recovered, "{mode}: no recovery after SIGCONT");
+        assert!(gw.shutdown().await);
+    }
+}
