@@ -1,7 +1,8 @@
 //! The Redis store, end to end: a real `redis-server` started by the test
-//! on a free port; tenants provisioned through one gateway are served by
-//! another sharing the same Redis; quota counts written by one replica are
-//! read by the next; a stalled Redis (SIGSTOP) is answered within the
+//! on a free port; three replicas sharing it admit exactly a burst and
+//! exactly a quota under hundreds of concurrent requests spread over them;
+//! tenants provisioned through one gateway are served by another; quota
+//! counts of one replica are seen by the next; a stalled Redis (SIGSTOP) is answered within the
 //! store timeout in the configured mode (`fail_closed` → 503
 //! `limits_unavailable`, `fail_open` → allowed), and service resumes by
 //! itself after SIGCONT.
@@ -65,11 +66,16 @@ impl Drop for Redis {
     }
 }
 
-const POLICY: &str = "plans:\n  metered:\n    quotas: [ { requests: 5, per: lifetime } ]\n";
+const POLICY: &str = "plans:\n  metered:\n    quotas: [ { requests: 5, per: lifetime } ]\n  bursty:\n    rate: { requests: 10, per: 60s, burst: 10 }\n  daily:\n    quotas: [ { requests: 25, per: day } ]\n";
 
 async fn replica(redis: &Redis, on_error: &str) -> TestGateway {
+    replica_with(redis, on_error, "200ms").await
+}
+
+/// A replica whose Redis operations may take up to `timeout`.
+async fn replica_with(redis: &Redis, on_error: &str, timeout: &str) -> TestGateway {
     let config = format!(
-        "listeners:\n  - addr: 127.0.0.1:0\nstore: {{ kind: redis, url: \"{}\", timeout: 200ms, on_error: {on_error} }}\nauth:\n  api_keys: {{ prefix: sk_sandbox_, live_prefixes: [sk_live_] }}\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n",
+        "listeners:\n  - addr: 127.0.0.1:0\nstore: {{ kind: redis, url: \"{}\", timeout: {timeout}, on_error: {on_error} }}\nauth:\n  api_keys: {{ prefix: sk_sandbox_, live_prefixes: [sk_live_] }}\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n",
         redis.url
     );
     start_gateway(sandbox_dir(&[
@@ -81,6 +87,10 @@ async fn replica(redis: &Redis, on_error: &str) -> TestGateway {
 }
 
 async fn tenant(gw: &TestGateway) -> (String, String) {
+    tenant_on(gw, "metered").await
+}
+
+async fn tenant_on(gw: &TestGateway, plan: &str) -> (String, String) {
     let now = tenants::now_secs();
     let (mut t, creds) = tenants::new_tenant(
         "Acme",
@@ -90,7 +100,7 @@ async fn tenant(gw: &TestGateway) -> (String, String) {
         "sk_sandbox_",
     )
     .expect("tenant");
-    t.plan = "metered".into();
+    t.plan = plan.into();
     t.expires_at = now + 7 * DAY;
     let registry = gw
         .running
@@ -198,5 +208,43 @@ async fn a_stalled_redis_is_answered_in_the_configured_mode_then_recovers() {
         }
         assert!(recovered, "{mode}: no recovery after SIGCONT");
         assert!(gw.shutdown().await);
+    }
+}
+
+/// Sends `n` concurrent requests spread over `replicas`; returns how many
+/// were answered 200 and how many 429.
+async fn spread(replicas: &[TestGateway], key: &str, n: usize) -> (usize, usize) {
+    let c = common::client();
+    let requests = (0..n).map(|i| {
+        let c = c.clone();
+        let url = replicas[i % replicas.len()].url(CUSTOMER);
+        let key = key.to_owned();
+        tokio::spawn(async move { c.get(url).bearer_auth(key).send().await })
+    });
+    let (mut ok, mut limited) = (0, 0);
+    for r in futures_util::future::join_all(requests).await {
+        match r.expect("task").expect("request").status().as_u16() {
+            200 => ok += 1,
+            429 => limited += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    (ok, limited)
+}
+
+#[tokio::test]
+async fn three_replicas_admit_exactly_the_burst_and_the_quota() {
+    let redis = Redis::start().await;
+    let mut replicas = Vec::new();
+    // Exactness, not latency: a generous timeout for a loaded test machine.
+    for _ in 0..3 {
+        replicas.push(replica_with(&redis, "fail_closed", "5s").await);
+    }
+    let (_, bursty) = tenant_on(&replicas[0], "bursty").await;
+    assert_eq!(spread(&replicas, &bursty, 600).await, (10, 590));
+    let (_, daily) = tenant_on(&replicas[0], "daily").await;
+    assert_eq!(spread(&replicas, &daily, 300).await, (25, 275));
+    for r in replicas {
+        assert!(r.shutdown().await);
     }
 }

@@ -6,6 +6,7 @@
 //! request is checked (the plan's, the API's, the operation's), most
 //! specific first, and the first one that is exhausted refuses it.
 
+pub mod cluster;
 pub mod concurrency;
 pub mod quota;
 pub mod rate;

@@ -232,6 +232,26 @@ impl Counters {
         quotas: &[Quota],
         now: u64,
     ) -> Result<Vec<Usage>, StoreError> {
+        if self.store.as_redis().is_some() {
+            // Cluster mode: the counts live in Redis only (see `limits::cluster`).
+            let mut out = Vec::with_capacity(quotas.len());
+            for q in quotas {
+                let (start, end) = q.period.window(now);
+                let used = match self.store.get(&key(tenant, q, start)).await? {
+                    Some(raw) => std::str::from_utf8(&raw)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .unwrap_or(0),
+                    None => 0,
+                };
+                out.push(Usage {
+                    quota: q.clone(),
+                    used,
+                    resets_at: (q.period != Period::Lifetime).then_some(end),
+                });
+            }
+            return Ok(out);
+        }
         self.load(tenant, quotas, now).await?;
         let counts = self.lock();
         Ok(quotas

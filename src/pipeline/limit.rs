@@ -80,69 +80,123 @@ pub async fn limit(
             }
         }
     }
-    // (ratio left, rule, remaining, reset)
-    let mut closest: Option<(f64, &crate::limits::Rule, u32, Duration)> = None;
-    for rule in plan.rules(&routed.api.name, operation) {
-        let burst = rule.limiter.rate.burst.get();
-        match rule.limiter.check(&key) {
-            Decision::Allowed { remaining, reset } => {
-                let ratio = f64::from(remaining) / f64::from(burst);
-                if closest.is_none_or(|(r, ..)| ratio < r) {
-                    closest = Some((ratio, rule, remaining, reset));
+    let rules: Vec<&crate::limits::Rule> = plan.rules(&routed.api.name, operation).collect();
+    let limited = |rule: &crate::limits::Rule, retry_after: Duration| {
+        let rate = rule.limiter.rate;
+        Refusal::RateLimited {
+            tenant: tenant.id.clone(),
+            plan: plan.name.clone(),
+            scope: rule.scope,
+            rule: rule.path.clone(),
+            requests: rate.requests.get(),
+            per: rate.per,
+            burst: rate.burst.get(),
+            retry_after: seconds_up(retry_after).max(1),
+        }
+    };
+    let cluster = registry.store().as_redis();
+    // Rates: each rule's standing after this request, or the refusal.
+    let mut after: Vec<(&crate::limits::Rule, u32, Duration)> = Vec::with_capacity(rules.len());
+    match cluster {
+        None => {
+            for rule in &rules {
+                match rule.limiter.check(&key) {
+                    Decision::Allowed { remaining, reset } => after.push((rule, remaining, reset)),
+                    Decision::Limited { retry_after } => {
+                        *standing_out = Some(standing(rule, 0, retry_after));
+                        return Err(limited(rule, retry_after));
+                    }
                 }
             }
-            Decision::Limited { retry_after } => {
-                let rate = rule.limiter.rate;
-                *standing_out = Some(standing(rule, 0, retry_after));
-                return Err(Refusal::RateLimited {
-                    tenant: tenant.id.clone(),
-                    plan: plan.name.clone(),
-                    scope: rule.scope,
-                    rule: rule.path.clone(),
-                    requests: rate.requests.get(),
-                    per: rate.per,
-                    burst,
-                    retry_after: seconds_up(retry_after).max(1),
-                });
+        }
+        Some(redis) if !rules.is_empty() => {
+            let specs: Vec<(&str, crate::limits::rate::Rate)> = rules
+                .iter()
+                .map(|r| (r.path.as_str(), r.limiter.rate))
+                .collect();
+            match crate::limits::cluster::rates(redis, &tenant.id, &specs).await {
+                Ok(crate::limits::cluster::RateOutcome::Allowed(each)) => {
+                    after.extend(
+                        rules
+                            .iter()
+                            .zip(each)
+                            .map(|(rule, (remaining, reset))| (*rule, remaining, reset)),
+                    );
+                }
+                Ok(crate::limits::cluster::RateOutcome::Limited { index, retry_after }) => {
+                    let Some(rule) = rules.get(index) else {
+                        return Err(Refusal::Internal);
+                    };
+                    *standing_out = Some(standing(rule, 0, retry_after));
+                    return Err(limited(rule, retry_after));
+                }
+                Err(e) => store_failed(sandbox, registry, &e)?,
             }
         }
+        Some(_) => {}
     }
-    *standing_out = closest.map(|(_, rule, remaining, reset)| standing(rule, remaining, reset));
+    *standing_out = after
+        .iter()
+        .min_by(|a, b| {
+            let ratio = |(r, left, _): &(&crate::limits::Rule, u32, Duration)| {
+                f64::from(*left) / f64::from(r.limiter.rate.burst.get())
+            };
+            ratio(a).total_cmp(&ratio(b))
+        })
+        .map(|(rule, remaining, reset)| standing(rule, *remaining, *reset));
     // Quotas, after the rates: a request refused for its rate is not counted.
     if plan.quotas.is_empty() {
         return Ok(());
     }
     let now = crate::tenants::now_secs();
-    match registry
-        .quotas()
-        .decide(&tenant.id, &plan.quotas, now)
-        .await
-    {
-        Ok(QuotaDecision::Allowed(_)) => Ok(()),
-        Ok(QuotaDecision::Exhausted(usage)) => Err(Refusal::QuotaExhausted {
-            tenant: tenant.id.clone(),
-            plan: plan.name.clone(),
-            rule: usage.quota.path.clone(),
-            requests: usage.quota.requests,
-            period: usage.quota.period,
-            resets_at: usage.resets_at,
-        }),
-        Err(e) => {
-            let store = registry.store().kind();
-            match sandbox.store.on_error {
-                crate::config::OnStoreError::FailOpen => {
-                    metrics::counter!("sandgate_limit_decisions_total", "outcome" => "fail_open")
-                        .increment(1);
-                    tracing::warn!(error = %e, store, "quota counters unavailable; allowing (store.on_error: fail_open)");
-                    Ok(())
-                }
-                crate::config::OnStoreError::FailClosed => {
-                    metrics::counter!("sandgate_limit_decisions_total", "outcome" => "fail_closed")
-                        .increment(1);
-                    tracing::warn!(error = %e, store, "quota counters unavailable; refusing (store.on_error: fail_closed)");
-                    Err(Refusal::LimitsUnavailable { store })
-                }
+    let exhausted = |usage: crate::limits::quota::Usage| Refusal::QuotaExhausted {
+        tenant: tenant.id.clone(),
+        plan: plan.name.clone(),
+        rule: usage.quota.path.clone(),
+        requests: usage.quota.requests,
+        period: usage.quota.period,
+        resets_at: usage.resets_at,
+    };
+    match cluster {
+        Some(redis) => {
+            match crate::limits::cluster::quotas(redis, &tenant.id, &plan.quotas, now).await {
+                Ok(crate::limits::cluster::QuotaOutcome::Allowed) => Ok(()),
+                Ok(crate::limits::cluster::QuotaOutcome::Exhausted(usage)) => Err(exhausted(usage)),
+                Err(e) => store_failed(sandbox, registry, &e),
             }
+        }
+        None => match registry
+            .quotas()
+            .decide(&tenant.id, &plan.quotas, now)
+            .await
+        {
+            Ok(QuotaDecision::Allowed(_)) => Ok(()),
+            Ok(QuotaDecision::Exhausted(usage)) => Err(exhausted(usage)),
+            Err(e) => store_failed(sandbox, registry, &e),
+        },
+    }
+}
+
+/// A limit decision the store could not make: allowed or refused as
+/// `store.on_error` says, logged and counted either way.
+fn store_failed(
+    sandbox: &Sandbox,
+    registry: &crate::tenants::Registry,
+    e: &crate::store::StoreError,
+) -> Result<(), Refusal> {
+    let store = registry.store().kind();
+    match sandbox.store.on_error {
+        crate::config::OnStoreError::FailOpen => {
+            metrics::counter!("sandgate_limit_decisions_total", "outcome" => "fail_open")
+                .increment(1);
+            tracing::warn!(error = %e, store, "limit counters unavailable; allowing (store.on_error: fail_open)");
+            Ok(())
+        }
+        crate::config::OnStoreError::FailClosed => {
+            metrics::counter!("sandgate_limit_decisions_total", "outcome" => "fail_closed")
+                .increment(1);
+            tracing::warn!(error = %e, store, "limit counters unavailable; refusing (store.on_error: fail_closed)");
+            Err(Refusal::LimitsUnavailable { store })
         }
     }
 }

@@ -69,6 +69,11 @@ pub trait Store: Send + Sync + 'static {
     fn incr<'a>(&'a self, key: &'a str, by: i64, ttl: Option<Duration>) -> StoreFuture<'a, i64>;
     /// The backend's name (`memory`, `file`, `redis`), for logs and metrics.
     fn kind(&self) -> &'static str;
+    /// The Redis store, when this is one (cluster-wide limit decisions run
+    /// as scripts in it).
+    fn as_redis(&self) -> Option<&RedisStore> {
+        None
+    }
 }
 
 /// A shared store.

@@ -280,6 +280,10 @@ impl Store for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
+
+    fn as_redis(&self) -> Option<&RedisStore> {
+        Some(self)
+    }
 }
 
 #[cfg(test)]
