@@ -3,6 +3,7 @@
 //! matchit) and the documented examples the facade answers with.
 
 mod examples;
+mod refs;
 pub mod request;
 mod router;
 pub mod schema;
@@ -59,29 +60,35 @@ const METHODS: [(&str, http::Method); 8] = [
 ];
 
 impl Contract {
-    /// Loads the contract at `rel` of `source`. Errors name the file and,
+    /// Loads the contract at `rel` of `source`, with the files its `$ref`s
+    /// name (relative to it, inside the sandbox). Errors name the file and,
     /// where they can, the line or the JSON pointer inside it.
     pub fn load(source: &Source, rel: &Path) -> Result<Contract, Vec<ConfigError>> {
         let file = source.display_path(rel);
-        let text = source
-            .read_to_string(rel)
-            .map_err(|m| vec![ConfigError::new(&file, 0, m)])?;
-        Self::from_text(&file, &text)
+        let doc = {
+            let text = source
+                .read_to_string(rel)
+                .map_err(|m| vec![ConfigError::new(&file, 0, m)])?;
+            parse(&file, &text).map_err(|e| vec![e])?
+        };
+        Self::compile(&file, doc, Some((source, rel)))
     }
 
     /// Compiles a contract from its text (`file` is only used in messages).
+    /// Its `$ref`s must be local: there is no directory to read other files
+    /// from.
     pub fn from_text(file: &Path, text: &str) -> Result<Contract, Vec<ConfigError>> {
-        let doc: Value = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| {
-                vec![ConfigError::new(
-                    file,
-                    e.line() as u64,
-                    format!("not valid JSON: {e}"),
-                )]
-            })?
-        } else {
-            crate::config::parse_yaml(file, text).map_err(|e| vec![e])?
-        };
+        let doc = parse(file, text).map_err(|e| vec![e])?;
+        Self::compile(file, doc, None)
+    }
+
+    /// Checks the version, bundles the `$ref`s, proves the structure and
+    /// compiles every operation.
+    fn compile(
+        file: &Path,
+        doc: Value,
+        source: Option<(&Source, &Path)>,
+    ) -> Result<Contract, Vec<ConfigError>> {
         if let Some(n) = doc.get("openapi").filter(|v| v.is_number()) {
             return Err(vec![ConfigError::new(
                 file,
@@ -100,15 +107,27 @@ impl Contract {
             };
             return Err(vec![ConfigError::new(file, 0, msg)]);
         }
-        // The typed model proves the document's structure; the pointer says where it is not.
-        let typed: openapiv3::OpenAPI = serde_path_to_error::deserialize(&doc).map_err(|e| {
-            let pointer = to_pointer(&e.path().to_string());
-            vec![ConfigError::new(
-                file,
-                0,
-                format!("invalid OpenAPI at {pointer}: {}", e.inner()),
-            )]
-        })?;
+        let bundled = match source {
+            Some((source, rel)) => refs::bundle(Some(source), rel, doc)?,
+            None => refs::bundle(None, file, doc)?,
+        };
+        // The typed model proves the document's structure; the pointer says
+        // where it is not (in a referenced file when it is inside a copy).
+        let title = match serde_path_to_error::deserialize::<_, openapiv3::OpenAPI>(&bundled.doc) {
+            Ok(typed) => typed.info.title,
+            Err(e) => {
+                let pointer = to_pointer(&e.path().to_string());
+                let (file, pointer) = bundled
+                    .origin_of(&pointer)
+                    .unwrap_or_else(|| (file.to_owned(), pointer));
+                return Err(vec![ConfigError::new(
+                    file,
+                    0,
+                    format!("invalid OpenAPI at {pointer}: {}", e.inner()),
+                )]);
+            }
+        };
+        let doc = bundled.doc;
 
         let mut errors = Vec::new();
         let mut operations = Vec::new();
@@ -171,13 +190,24 @@ impl Contract {
         };
         match router {
             Some(router) if errors.is_empty() => Ok(Contract {
-                title: typed.info.title,
+                title,
                 operations,
                 router,
                 doc: std::sync::Arc::new(doc),
             }),
             _ => Err(errors),
         }
+    }
+}
+
+/// Parses a contract (or a file one references): JSON when its first
+/// non-blank character is `{`, YAML otherwise.
+fn parse(file: &Path, text: &str) -> Result<Value, ConfigError> {
+    if text.trim_start().starts_with('{') {
+        serde_json::from_str(text)
+            .map_err(|e| ConfigError::new(file, e.line() as u64, format!("not valid JSON: {e}")))
+    } else {
+        crate::config::parse_yaml(file, text)
     }
 }
 

@@ -7,8 +7,8 @@
 //! form, and in request schemas `readOnly` properties are not required.
 //! `discriminator`, `xml`, `example` and other annotations are dropped
 //! (`oneOf`/`anyOf` do the selecting). `$ref`s to `#/components/…` resolve
-//! against the contract's own components, converted the same way and
-//! embedded in each compiled schema's root.
+//! against the contract's own components, converted the same way; the ones
+//! a schema reaches are embedded in its compiled root (see [`rooted`]).
 
 use serde_json::{Map, Value};
 
@@ -136,19 +136,97 @@ fn nullable(mut out: Map<String, Value>) -> Value {
     }
 }
 
-/// The root a schema is compiled under: the schema itself, plus the
-/// contract's converted `components` so that `#/components/…` references
-/// resolve.
+/// The root a schema is compiled under: the schema itself, plus those of
+/// the contract's converted `components` that it reaches through
+/// `#/components/…` references (transitively), so that they resolve.
+///
+/// Only the reached components are copied: a schema cannot observe a
+/// component it never references, so validation is the same as with all of
+/// them, and a large contract (hundreds of components) is not copied,
+/// crawled and indexed again for every schema it compiles.
 pub fn rooted(schema: Value, components: &Value) -> Value {
     match schema {
         Value::Object(mut obj) => {
-            if !components.is_null() {
-                obj.insert("components".into(), components.clone());
+            if let Value::Object(all) = components {
+                let reached = reached(&obj, all);
+                if !reached.is_empty() {
+                    obj.insert("components".into(), Value::Object(reached));
+                }
             }
             Value::Object(obj)
         }
         other => other,
     }
+}
+
+/// The entries of `components` (whole sections or named entries) that
+/// `schema` reaches through `#/components/…` references, transitively.
+fn reached(schema: &Map<String, Value>, components: &Map<String, Value>) -> Map<String, Value> {
+    let mut out: Map<String, Value> = Map::new();
+    let mut pending: Vec<&Map<String, Value>> = vec![schema];
+    while let Some(obj) = pending.pop() {
+        if let Some(Value::String(r)) = obj.get("$ref")
+            && let Some(target) = r.strip_prefix("#/components")
+            && let Some(Value::Object(entry)) = component_entry(target, components, &mut out)
+        {
+            pending.push(entry);
+        }
+        let mut values: Vec<&Value> = obj.values().collect();
+        while let Some(value) = values.pop() {
+            match value {
+                Value::Array(list) => values.extend(list),
+                Value::Object(child) => pending.push(child),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Copies the component a `#/components…` pointer (`target`, without that
+/// prefix) lands in, `section/name` (or the whole section, or everything),
+/// into `out`; returns it when it was not there yet (to be walked for its
+/// own references).
+fn component_entry<'c>(
+    target: &str,
+    components: &'c Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Option<&'c Value> {
+    let mut tokens = target.split('/').skip(1).map(unescape_token);
+    let Some(section) = tokens.next() else {
+        // `#/components` itself: everything, so nothing more to walk.
+        out.clone_from(components);
+        return None;
+    };
+    let (section_key, section_value) = components.get_key_value(section.as_str())?;
+    let Some(name) = tokens.next() else {
+        let had = out.insert(section_key.clone(), section_value.clone());
+        return (had.as_ref() != Some(section_value)).then_some(section_value);
+    };
+    let Value::Object(entries) = section_value else {
+        return None;
+    };
+    let (name_key, entry) = entries.get_key_value(name.as_str())?;
+    let copied = out
+        .entry(section_key.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(copied) = copied else {
+        return None;
+    };
+    if copied.contains_key(name_key.as_str()) {
+        return None;
+    }
+    copied.insert(name_key.clone(), entry.clone());
+    Some(entry)
+}
+
+/// One JSON-pointer token of a `$ref` (a URI fragment): percent-decoded,
+/// then `~1` → `/` and `~0` → `~` (RFC 6901).
+fn unescape_token(token: &str) -> String {
+    percent_encoding::percent_decode_str(token)
+        .decode_utf8_lossy()
+        .replace("~1", "/")
+        .replace("~0", "~")
 }
 
 /// The contract's `components`, with every schema converted for `dir`.
