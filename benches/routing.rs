@@ -125,7 +125,13 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(routing, benches, identify_benches, facade_benches);
+criterion_group!(
+    routing,
+    benches,
+    identify_benches,
+    facade_benches,
+    limit_benches
+);
 criterion_main!(routing);
 
 /// The identify stage: a sandbox API key and a JWT resolved from their
@@ -366,5 +372,21 @@ fn fixture_benches(c: &mut Criterion, demo: &Sandbox) {
     });
     c.bench_function("fixtures/1000 fixtures, none matches", |b| {
         b.iter(|| fixtures.find(black_box(&req(&none))).is_none())
+    });
+}
+
+/// One in-process rate decision (GCRA, keyed by tenant), as the limit stage
+/// makes it for each rule that applies.
+fn limit_benches(c: &mut Criterion) {
+    use sandgate::limits::rate::{Rate, RuleLimiter};
+    let rate = Rate {
+        requests: std::num::NonZeroU32::new(1_000_000).expect("nonzero"),
+        per: std::time::Duration::from_secs(1),
+        burst: std::num::NonZeroU32::new(1_000_000).expect("nonzero"),
+    };
+    let limiter = RuleLimiter::new(rate).expect("limiter");
+    let tenant: std::sync::Arc<str> = std::sync::Arc::from("sbx_01bench");
+    c.bench_function("limit/in-process rate decision (GCRA, keyed)", |b| {
+        b.iter(|| limiter.check(black_box(&tenant)))
     });
 }
