@@ -268,6 +268,7 @@ impl Fixtures {
         names.sort();
         let mut errors = Vec::new();
         let mut list = Vec::new();
+        let components = std::sync::OnceLock::new();
         for name in names {
             let rel_file = rel.join(&name);
             let path = source.display_path(&rel_file);
@@ -286,7 +287,7 @@ impl Fixtures {
                 }
             };
             for f in parsed.fixtures {
-                match compile(f, contract) {
+                match compile(f, contract, &components) {
                     Ok(fx) => list.push(fx),
                     Err((line, m)) => errors.push(ConfigError::new(&path, line, m)),
                 }
@@ -354,7 +355,11 @@ fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-fn compile(f: FixtureConfig, contract: Option<&Contract>) -> Result<Fixture, (u64, String)> {
+fn compile(
+    f: FixtureConfig,
+    contract: Option<&Contract>,
+    components: &std::sync::OnceLock<Value>,
+) -> Result<Fixture, (u64, String)> {
     let line = f.name.referenced.line();
     let name = f.name.value.clone();
     let err = |m: String| (line, format!("fixture `{name}`: {m}"));
@@ -436,7 +441,7 @@ fn compile(f: FixtureConfig, contract: Option<&Contract>) -> Result<Fixture, (u6
     }
     // A body without templates is checked against the contract now.
     if let (Some(c), Some(body), false) = (contract, &f.response.body, templated)
-        && let Some(m) = contract_mismatch(c, method.as_ref(), &f.path, status, body)
+        && let Some(m) = contract_mismatch(c, components, method.as_ref(), &f.path, status, body)
     {
         return Err((
             f.response.status.referenced.line(),
@@ -487,6 +492,7 @@ fn check_templates(env: &mut minijinja::Environment<'_>, v: &Value) -> Result<()
 /// Why a fixed fixture body does not fit the contract, if it does not.
 fn contract_mismatch(
     c: &Contract,
+    components: &std::sync::OnceLock<Value>,
     method: Option<&http::Method>,
     path: &str,
     status: StatusCode,
@@ -515,10 +521,12 @@ fn contract_mismatch(
         .get("content")?
         .get("application/json")?
         .get("schema")?;
-    let components = schema::components(&c.doc, Direction::Response);
+    // Converted once per load, not once per fixture: a large contract's
+    // components are megabytes.
+    let components = components.get_or_init(|| schema::components(&c.doc, Direction::Response));
     let compiled = Compiled::new(&schema::rooted(
         schema::convert(s, Direction::Response),
-        &components,
+        components,
     ))
     .ok()?;
     let violations = compiled.violations(body, 10);
