@@ -2,10 +2,12 @@
 //! on a free port; three replicas sharing it admit exactly a burst and
 //! exactly a quota under hundreds of concurrent requests spread over them;
 //! tenants provisioned through one gateway are served by another; quota
-//! counts of one replica are seen by the next; a stalled Redis (SIGSTOP) is answered within the
-//! store timeout in the configured mode (`fail_closed` → 503
-//! `limits_unavailable`, `fail_open` → allowed), and service resumes by
-//! itself after SIGCONT.
+//! counts of one replica are seen by the next; a stalled Redis (SIGSTOP)
+//! is answered within the store timeout in the configured mode
+//! (`fail_closed` → 503 `limits_unavailable`, `fail_open` → allowed) and
+//! service resumes by itself after SIGCONT; a killed Redis is answered the
+//! same way, and a Redis restarted on its address is used again without
+//! restarting the gateway.
 
 mod common;
 
@@ -27,6 +29,11 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        Self::start_on(port).await
+    }
+
+    /// Starts one on `port` (a restart after a kill reuses the port).
+    async fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -247,4 +254,70 @@ async fn three_replicas_admit_exactly_the_burst_and_the_quota() {
     for r in replicas {
         assert!(r.shutdown().await);
     }
+}
+
+#[tokio::test]
+async fn a_killed_redis_is_answered_in_time_and_a_restarted_one_is_used_again() {
+    let redis = Redis::start().await;
+    let port: u16 = redis
+        .url
+        .trim_start_matches("redis://127.0.0.1:")
+        .trim_end_matches("/0")
+        .parse()
+        .expect("port");
+    let gw = replica(&redis, "fail_closed").await;
+    let (_, key) = tenant_on(&gw, "daily").await;
+    let c = common::client();
+    let r = c
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    // Killed mid-use: the caller is still identified from the caches; the
+    // quota decision cannot be made and is refused, promptly.
+    drop(redis);
+    let r = c
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    let p = problem(r, 503, "limits_unavailable").await;
+    assert_eq!(p["stage"], "limit");
+    // A new Redis on the same address: the gateway reconnects by itself.
+    // (It starts empty, so the tenant is provisioned again.)
+    let redis = Redis::start_on(port).await;
+    let mut back = false;
+    for _ in 0..100 {
+        let registry = gw
+            .running
+            .as_ref()
+            .expect("running")
+            .gateway
+            .registry()
+            .clone();
+        if registry
+            .store()
+            .put("probe", b"1".to_vec(), None)
+            .await
+            .is_ok()
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "the store did not reconnect");
+    let (_, key) = tenant_on(&gw, "daily").await;
+    let r = c
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    assert!(gw.shutdown().await);
+    drop(redis);
 }
