@@ -389,4 +389,73 @@ fn limit_benches(c: &mut Criterion) {
     c.bench_function("limit/in-process rate decision (GCRA, keyed)", |b| {
         b.iter(|| limiter.check(black_box(&tenant)))
     });
+    redis_limit_benches(c, rate);
+}
+
+/// A `redis-server` of the bench's own on a free port, killed on drop.
+struct BenchRedis(std::process::Child);
+
+impl Drop for BenchRedis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One cluster limit decision (the script: GCRA and quotas) against a real
+/// local `redis-server`, one request at a time: the round trip to Redis
+/// plus the script, as the limit stage pays it with `store.kind: redis`.
+fn redis_limit_benches(c: &mut Criterion, rate: sandgate::limits::rate::Rate) {
+    use sandgate::limits::cluster;
+    use sandgate::limits::quota::{Period, Quota};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/test.sh installs it)");
+    let _redis = BenchRedis(child);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let store = rt.block_on(async {
+        for _ in 0..200 {
+            if let Ok(s) =
+                sandgate::store::RedisStore::connect(&url, std::time::Duration::from_secs(1)).await
+            {
+                return s;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("redis-server did not start on port {port}");
+    });
+    let rules = [("plans.bench.rate", rate)];
+    let quota = |period, i| Quota {
+        requests: u64::MAX / 2,
+        period,
+        path: format!("plans.bench.quotas[{i}]"),
+    };
+    let quotas = [quota(Period::Day, 0), quota(Period::Lifetime, 1)];
+    let now = sandgate::tenants::now_secs();
+    c.bench_function(
+        "limit/redis decision (1 rate rule + 2 quotas, one script)",
+        |b| {
+            b.iter(|| {
+                let out = rt.block_on(cluster::decide(
+                    &store,
+                    black_box("sbx_01bench"),
+                    &rules,
+                    &quotas,
+                    now,
+                ));
+                assert!(matches!(out, Ok(cluster::Outcome::Allowed(_))));
+            })
+        },
+    );
 }

@@ -4,8 +4,9 @@
 //! before the API's and the plan's; `RateLimit-Policy` / `RateLimit` on
 //! every tenant answer; tenants are independent; quotas admit exactly
 //! their size under concurrency, refuse with `quota_exhausted` and survive
-//! a restart with the file store; policy mistakes are load errors with
-//! `file:line`.
+//! a restart with the file store; a steady stream faster than the rate is
+//! admitted at the configured rate (within 2 %); the admin API changes a
+//! tenant's plan; policy mistakes are load errors with `file:line`.
 
 mod common;
 
@@ -25,6 +26,8 @@ const POLICY: &str = "plans:
     quotas:
       - { requests: 7, per: day }
       - { requests: 9, per: lifetime }
+  steady:
+    rate: { requests: 100, per: 1s, burst: 5 }
 default_plan: trial
 ";
 
@@ -423,6 +426,46 @@ async fn the_admin_api_shows_and_resets_usage() {
     assert_eq!(reset["usage"]["quotas"][0]["used"], 0, "{reset}");
     assert_eq!(reset["usage"]["quotas"][1]["used"], 0, "{reset}");
 
+    // A plan change takes effect at once: the `trial` plan's rate now
+    // applies, and quota counts are kept.
+    let patch = |body: serde_json::Value| {
+        c.patch(gw.admin_url(&format!("/internal/sandboxes/{id}")))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let r = patch(serde_json::json!({"plan": "gold"}))
+        .await
+        .expect("patch");
+    let p = problem(r, 400, "invalid_body").await;
+    assert_eq!(p["errors"][0]["pointer"], "/plan", "{p}");
+    let r = patch(serde_json::json!({"plan": "trial", "colour": "red"}))
+        .await
+        .expect("patch");
+    problem(r, 400, "invalid_body").await;
+    let r = patch(serde_json::json!({"plan": "trial"}))
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 200);
+    let changed: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(changed["plan"], "trial", "{changed}");
+    let r = c
+        .get(gw.url(CUSTOMER))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "ratelimit-policy"), "\"plan\";q=5;w=60");
+    let r = c
+        .patch(gw.admin_url("/internal/sandboxes/sbx_nope"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"plan": "trial"}))
+        .send()
+        .await
+        .expect("patch");
+    problem(r, 404, "sandbox_not_found").await;
+
     // Provisioning: a plan must be one of the policies' plans; without
     // one, the sandbox gets default_plan.
     let create = |body: serde_json::Value| {
@@ -512,5 +555,35 @@ async fn a_tenant_sees_its_own_usage_and_nobody_else_does() {
         .await
         .expect("usage");
     problem(r, 405, "method_not_allowed").await;
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_steady_stream_is_admitted_at_the_configured_rate() {
+    // 100 requests/s, burst 5; offered: 4 senders, one request every 4 ms
+    // each (about 1,000/s), for 3 s.
+    let gw = gateway().await;
+    let (_, key) = tenant(&gw, "steady").await;
+    let load = common::Load::start(
+        vec![gw.url(CUSTOMER)],
+        &key,
+        4,
+        std::time::Duration::from_millis(4),
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let samples = load.stop().await;
+    assert!(
+        samples.iter().all(|s| s.status == 200 || s.status == 429),
+        "only 200 and 429 expected"
+    );
+    let limited = samples.iter().filter(|s| s.status == 429).count();
+    assert!(limited > samples.len() / 2, "the load must exceed the rate");
+    let rate = common::admitted_rate(&samples, 5);
+    eprintln!("admitted {rate:.2}/s of {} requests", samples.len());
+    assert!(
+        (rate - 100.0).abs() <= 2.0,
+        "admitted {rate:.2}/s, configured 100/s ({} requests sent)",
+        samples.len()
+    );
     assert!(gw.shutdown().await);
 }

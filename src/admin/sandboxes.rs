@@ -8,6 +8,7 @@
 //! GET    /internal/sandboxes                 list
 //! GET    /internal/sandboxes/{id}/status     status, days remaining
 //! POST   /internal/sandboxes/{id}/extend     {"additional_days": 7}
+//! PATCH  /internal/sandboxes/{id}            {"plan": "growth"}: change the plan
 //! DELETE /internal/sandboxes/{id}            deactivate, archive, free data
 //! POST   /internal/sandboxes/{id}/reset      wipe the sandbox's data, keep credentials
 //! POST   /internal/sandboxes/{id}/usage/reset  forget its quota counts
@@ -135,6 +136,7 @@ pub async fn handle(
         (Method::GET, [id, "status"]) => status(gw, sandbox, id).await,
         (Method::POST, [id, "usage", "reset"]) => usage_reset(gw, sandbox, id).await,
         (Method::POST, [id, "extend"]) => extend(gw, sandbox, id, req.into_body()).await,
+        (Method::PATCH, [id]) => update(gw, sandbox, id, req.into_body()).await,
         (Method::DELETE, [id]) => deactivate(gw, id).await,
         (Method::POST, [id, "reset"]) => reset(gw, id).await,
         _ => Err(not_found()),
@@ -198,22 +200,9 @@ async fn create(
         }
     }
     if let Some(plan) = &r.plan
-        && !sandbox.plans.plans.is_empty()
-        && sandbox.plans.get(plan).is_none()
+        && let Some(error) = unknown_plan(sandbox, plan)
     {
-        errors.push((
-            "/plan".into(),
-            format!(
-                "`{plan}` is not a plan of this sandbox ({})",
-                sandbox
-                    .plans
-                    .plans
-                    .keys()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
+        errors.push(error);
     }
     if !errors.is_empty() {
         return Err(Refusal::InvalidBody { errors });
@@ -335,6 +324,65 @@ async fn usage_reset(gw: &Gateway, sandbox: &Sandbox, id: &str) -> Result<Respon
     Ok(json_response(
         StatusCode::OK,
         &json!({ "sandbox_id": t.id, "usage": usage }),
+    ))
+}
+
+/// The `/plan` error for a plan name the policies do not define (none when
+/// the sandbox has no policies: every plan is then unlimited).
+fn unknown_plan(sandbox: &Sandbox, plan: &str) -> Option<(String, String)> {
+    if sandbox.plans.plans.is_empty() || sandbox.plans.get(plan).is_some() {
+        return None;
+    }
+    let known: Vec<&str> = sandbox.plans.plans.keys().map(String::as_str).collect();
+    Some((
+        "/plan".into(),
+        format!(
+            "`{plan}` is not a plan of this sandbox ({})",
+            known.join(", ")
+        ),
+    ))
+}
+
+/// The body of `PATCH /internal/sandboxes/{id}`: the fields that may change
+/// after provisioning.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateRequest {
+    plan: Option<String>,
+}
+
+/// Changes a sandbox's plan. Rates and quotas follow at once on this
+/// replica (other replicas within the tenant cache's TTL); quota counts are
+/// kept, so a downgrade can leave a tenant already over its new quota.
+async fn update(
+    gw: &Gateway,
+    sandbox: &Sandbox,
+    id: &str,
+    body: Incoming,
+) -> Result<Response<Body>, Refusal> {
+    let r: UpdateRequest = json_body(body).await?;
+    let Some(plan) = r.plan else {
+        return Err(Refusal::InvalidBody {
+            errors: vec![(String::new(), "nothing to change: give `plan`".into())],
+        });
+    };
+    if let Some(error) = unknown_plan(sandbox, &plan) {
+        return Err(Refusal::InvalidBody {
+            errors: vec![error],
+        });
+    }
+    let mut t = load(gw, id).await?;
+    if t.deactivated_at.is_some() {
+        return Err(Refusal::SandboxDeactivated { id: t.id });
+    }
+    if t.plan != plan {
+        tracing::info!(sandbox_id = %t.id, from = %t.plan, to = %plan, "plan changed by the admin API");
+        t.plan = plan;
+        gw.registry().put(&t).await.map_err(store_err)?;
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &summary(&t, tenants::now_secs()),
     ))
 }
 

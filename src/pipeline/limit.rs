@@ -14,6 +14,7 @@ use http::HeaderValue;
 
 use super::identify::Principal;
 use super::route::Routed;
+use crate::limits::cluster::Outcome;
 use crate::limits::quota::Decision as QuotaDecision;
 use crate::limits::rate::Decision;
 use crate::refusal::Refusal;
@@ -94,61 +95,6 @@ pub async fn limit(
             retry_after: seconds_up(retry_after).max(1),
         }
     };
-    let cluster = registry.store().as_redis();
-    // Rates: each rule's standing after this request, or the refusal.
-    let mut after: Vec<(&crate::limits::Rule, u32, Duration)> = Vec::with_capacity(rules.len());
-    match cluster {
-        None => {
-            for rule in &rules {
-                match rule.limiter.check(&key) {
-                    Decision::Allowed { remaining, reset } => after.push((rule, remaining, reset)),
-                    Decision::Limited { retry_after } => {
-                        *standing_out = Some(standing(rule, 0, retry_after));
-                        return Err(limited(rule, retry_after));
-                    }
-                }
-            }
-        }
-        Some(redis) if !rules.is_empty() => {
-            let specs: Vec<(&str, crate::limits::rate::Rate)> = rules
-                .iter()
-                .map(|r| (r.path.as_str(), r.limiter.rate))
-                .collect();
-            match crate::limits::cluster::rates(redis, &tenant.id, &specs).await {
-                Ok(crate::limits::cluster::RateOutcome::Allowed(each)) => {
-                    after.extend(
-                        rules
-                            .iter()
-                            .zip(each)
-                            .map(|(rule, (remaining, reset))| (*rule, remaining, reset)),
-                    );
-                }
-                Ok(crate::limits::cluster::RateOutcome::Limited { index, retry_after }) => {
-                    let Some(rule) = rules.get(index) else {
-                        return Err(Refusal::Internal);
-                    };
-                    *standing_out = Some(standing(rule, 0, retry_after));
-                    return Err(limited(rule, retry_after));
-                }
-                Err(e) => store_failed(sandbox, registry, &e)?,
-            }
-        }
-        Some(_) => {}
-    }
-    *standing_out = after
-        .iter()
-        .min_by(|a, b| {
-            let ratio = |(r, left, _): &(&crate::limits::Rule, u32, Duration)| {
-                f64::from(*left) / f64::from(r.limiter.rate.burst.get())
-            };
-            ratio(a).total_cmp(&ratio(b))
-        })
-        .map(|(rule, remaining, reset)| standing(rule, *remaining, *reset));
-    // Quotas, after the rates: a request refused for its rate is not counted.
-    if plan.quotas.is_empty() {
-        return Ok(());
-    }
-    let now = crate::tenants::now_secs();
     let exhausted = |usage: crate::limits::quota::Usage| Refusal::QuotaExhausted {
         tenant: tenant.id.clone(),
         plan: plan.name.clone(),
@@ -157,24 +103,78 @@ pub async fn limit(
         period: usage.quota.period,
         resets_at: usage.resets_at,
     };
-    match cluster {
-        Some(redis) => {
-            match crate::limits::cluster::quotas(redis, &tenant.id, &plan.quotas, now).await {
-                Ok(crate::limits::cluster::QuotaOutcome::Allowed) => Ok(()),
-                Ok(crate::limits::cluster::QuotaOutcome::Exhausted(usage)) => Err(exhausted(usage)),
-                Err(e) => store_failed(sandbox, registry, &e),
-            }
+    let now = crate::tenants::now_secs();
+    // With the Redis store: rates and quotas in one script, one round trip.
+    if let Some(redis) = registry.store().as_redis() {
+        if rules.is_empty() && plan.quotas.is_empty() {
+            return Ok(());
         }
-        None => match registry
-            .quotas()
-            .decide(&tenant.id, &plan.quotas, now)
+        let specs: Vec<(&str, crate::limits::rate::Rate)> = rules
+            .iter()
+            .map(|r| (r.path.as_str(), r.limiter.rate))
+            .collect();
+        return match crate::limits::cluster::decide(redis, &tenant.id, &specs, &plan.quotas, now)
             .await
         {
-            Ok(QuotaDecision::Allowed(_)) => Ok(()),
-            Ok(QuotaDecision::Exhausted(usage)) => Err(exhausted(usage)),
+            Ok(Outcome::Allowed(each)) => {
+                *standing_out = closest(rules.iter().copied().zip(each));
+                Ok(())
+            }
+            Ok(Outcome::Limited { index, retry_after }) => {
+                let Some(rule) = rules.get(index) else {
+                    return Err(Refusal::Internal);
+                };
+                *standing_out = Some(standing(rule, 0, retry_after));
+                Err(limited(rule, retry_after))
+            }
+            Ok(Outcome::Exhausted { usage, rates }) => {
+                *standing_out = closest(rules.iter().copied().zip(rates));
+                Err(exhausted(usage))
+            }
             Err(e) => store_failed(sandbox, registry, &e),
-        },
+        };
     }
+    // In process: rates, each rule's standing after this request, or the refusal.
+    let mut after: Vec<(&crate::limits::Rule, (u32, Duration))> = Vec::with_capacity(rules.len());
+    for rule in &rules {
+        match rule.limiter.check(&key) {
+            Decision::Allowed { remaining, reset } => after.push((rule, (remaining, reset))),
+            Decision::Limited { retry_after } => {
+                *standing_out = Some(standing(rule, 0, retry_after));
+                return Err(limited(rule, retry_after));
+            }
+        }
+    }
+    *standing_out = closest(after);
+    // Quotas, after the rates: a request refused for its rate is not counted.
+    if plan.quotas.is_empty() {
+        return Ok(());
+    }
+    match registry
+        .quotas()
+        .decide(&tenant.id, &plan.quotas, now)
+        .await
+    {
+        Ok(QuotaDecision::Allowed(_)) => Ok(()),
+        Ok(QuotaDecision::Exhausted(usage)) => Err(exhausted(usage)),
+        Err(e) => store_failed(sandbox, registry, &e),
+    }
+}
+
+/// The standing of the rule closest to its limit (fewest requests left for
+/// the size of its burst), from each rule's (requests left, time until
+/// whole).
+fn closest<'a>(
+    each: impl IntoIterator<Item = (&'a crate::limits::Rule, (u32, Duration))>,
+) -> Option<Standing> {
+    each.into_iter()
+        .min_by(|(a, (a_left, _)), (b, (b_left, _))| {
+            let ratio = |r: &crate::limits::Rule, left: u32| {
+                f64::from(left) / f64::from(r.limiter.rate.burst.get())
+            };
+            ratio(a, *a_left).total_cmp(&ratio(b, *b_left))
+        })
+        .map(|(rule, (remaining, reset))| standing(rule, remaining, reset))
 }
 
 /// A limit decision the store could not make: allowed or refused as

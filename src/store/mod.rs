@@ -116,4 +116,4 @@ pub mod keys {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

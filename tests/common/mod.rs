@@ -348,3 +348,93 @@ pub fn tls_client(ca_pem: &str, identity: Option<(&str, &str)>, h2: bool) -> req
     };
     b.build().expect("tls client")
 }
+
+/// One answer seen by [`Load`]: when it was sent (since the load began),
+/// how long it took, and its status (0: no answer at all).
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// When the request was sent, from the start of the load.
+    pub sent: std::time::Duration,
+    /// Time to the response head.
+    pub took: std::time::Duration,
+    /// The response status; 0 when the request failed without one.
+    pub status: u16,
+}
+
+/// Steady traffic from `tasks` concurrent senders, each sending one
+/// request every `every` (never two at once), round-robin over `urls`, with
+/// `key` as the bearer credential, until [`Load::stop`].
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+    /// When the load began.
+    pub started: std::time::Instant,
+}
+
+impl Load {
+    /// Starts the senders.
+    pub fn start(urls: Vec<String>, key: &str, tasks: usize, every: std::time::Duration) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let started = std::time::Instant::now();
+        let c = client();
+        let tasks = (0..tasks)
+            .map(|i| {
+                let (c, urls, key, stop) = (c.clone(), urls.clone(), key.to_owned(), stop.clone());
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    let mut tick = tokio::time::interval(every);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut n = i;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        tick.tick().await;
+                        let url = &urls[n % urls.len()];
+                        n += 1;
+                        let sent = std::time::Instant::now();
+                        let status = c
+                            .get(url)
+                            .bearer_auth(&key)
+                            .send()
+                            .await
+                            .map_or(0, |r| r.status().as_u16());
+                        samples.push(Sample {
+                            sent: sent - started,
+                            took: sent.elapsed(),
+                            status,
+                        });
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            tasks,
+            started,
+        }
+    }
+
+    /// Stops the senders; returns every answer, in the order sent.
+    pub async fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.expect("load task"));
+        }
+        all.sort_by_key(|s| s.sent);
+        all
+    }
+}
+
+/// The rate (per second) at which `samples` were admitted (200) after the
+/// first `burst` admissions: admissions past the burst divided by the time
+/// from the first request sent to the last answer.
+pub fn admitted_rate(samples: &[Sample], burst: usize) -> f64 {
+    let admitted = samples.iter().filter(|s| s.status == 200).count();
+    let first = samples.first().expect("samples").sent;
+    let last = samples
+        .iter()
+        .map(|s| s.sent + s.took)
+        .max()
+        .expect("samples");
+    (admitted.saturating_sub(burst)) as f64 / (last - first).as_secs_f64()
+}

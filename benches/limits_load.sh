@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Load benchmark of the limit stage: the authenticated facade route
+# (GET /payments/v1/customers/{id} with a sandbox API key) in four set-ups,
+# same client settings, interleaved rounds:
+#
+#   off        one node, embedded store (file), no policies: no limit stage work
+#   on         one node, embedded store, a plan with a rate, two quotas and a
+#              concurrency cap, all set far above the offered load
+#   cluster    two replicas sharing one redis-server, the same plan: every
+#              request's rate and quota decisions are Lua scripts in Redis
+#   cluster_off the two replicas without policies (the Redis store's cost
+#              for identity alone: tenants are cached, so almost none)
+#
+# Each set-up gets the same total CPU: one node runs `workers: 2`, each
+# replica `workers: 1`. The client is two wrk processes (one thread each,
+# half the connections each): on one node both hit it, in the cluster each
+# hits one replica. Prints a markdown table and the ratios for BENCHMARKS.md.
+#
+# Usage: benches/limits_load.sh   (env: DURATION=10s CONNECTIONS=50 ROUNDS=3 WARMUP=2s)
+# Installs wrk and redis-server with apt when missing. Every process it
+# starts is stopped on exit (by PID, never by name).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-50}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2s}
+LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --release --quiet
+BIN=target/release/sandgate
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+export SANDGATE_ADMIN_TOKEN=bench-admin-token
+
+P_REDIS=$(free_port)
+redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
+
+POLICY='plans:
+  bench:
+    rate: { requests: 10000000, per: 1s, burst: 10000000 }
+    quotas:
+      - { requests: 1000000000, per: day }
+      - { requests: 1000000000, per: lifetime }
+    concurrency: 10000
+default_plan: bench
+'
+
+# sandbox NAME WORKERS STORE POLICY(yes|no): writes $WORK/NAME, prints "public admin" ports.
+sandbox() {
+  local name=$1 workers=$2 store=$3 policy=$4 dir="$WORK/$1"
+  local pub adm; pub=$(free_port); adm=$(free_port)
+  mkdir -p "$dir/contracts" "$dir/policies"
+  cp contracts/payments.yaml "$dir/contracts/"
+  [ "$policy" = yes ] && printf '%s' "$POLICY" > "$dir/policies/plans.yaml"
+  cat > "$dir/sandgate.yaml" <<YAML
+listeners:
+  - addr: 127.0.0.1:$pub
+admin:
+  listen: 127.0.0.1:$adm
+workers: $workers
+store: $store
+auth:
+  api_keys: { prefix: sk_sandbox_, live_prefixes: [sk_live_] }
+apis:
+  - name: payments
+    prefix: /payments
+    contract: contracts/payments.yaml
+    mode: facade
+YAML
+  SANDGATE_LOG=warn "$BIN" serve --config "$dir" >/dev/null 2>"$dir/err" & PIDS+=($!)
+  echo "$pub $adm"
+}
+
+wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }
+provision() { # admin port -> API key
+  curl -sf -H "Authorization: Bearer $SANDGATE_ADMIN_TOKEN" -H 'Content-Type: application/json' \
+    -d '{"prospect_company":"Bench","prospect_email":"bench@example.com"}' \
+    "http://127.0.0.1:$1/internal/sandboxes" | python3 -c 'import json,sys; print(json.load(sys.stdin)["credentials"]["api_key"])'
+}
+PATH_CUS=/payments/v1/customers/cus_NffrFeUfNV2Hib
+
+read -r OFF_P OFF_A < <(sandbox off 2 "{ kind: file, path: data/off.redb }" no)
+read -r ON_P ON_A < <(sandbox on 2 "{ kind: file, path: data/on.redb }" yes)
+REDIS_STORE="{ kind: redis, url: \"redis://127.0.0.1:$P_REDIS/0\", timeout: 200ms, on_error: fail_closed }"
+read -r C1_P C1_A < <(sandbox c1 1 "$REDIS_STORE" yes)
+read -r C2_P C2_A < <(sandbox c2 1 "$REDIS_STORE" yes)
+REDIS_STORE_OFF="{ kind: redis, url: \"redis://127.0.0.1:$P_REDIS/1\", timeout: 200ms, on_error: fail_closed }"
+read -r D1_P D1_A < <(sandbox d1 1 "$REDIS_STORE_OFF" no)
+read -r D2_P D2_A < <(sandbox d2 1 "$REDIS_STORE_OFF" no)
+for p in $OFF_A $ON_A $C1_A $C2_A $D1_A $D2_A; do wait_up "http://127.0.0.1:$p/healthz"; done
+
+K_OFF=$(provision "$OFF_A"); K_ON=$(provision "$ON_A"); K_C=$(provision "$C1_A"); K_D=$(provision "$D1_A")
+declare -A URL1=([off]="http://127.0.0.1:$OFF_P$PATH_CUS" [on]="http://127.0.0.1:$ON_P$PATH_CUS" [cluster]="http://127.0.0.1:$C1_P$PATH_CUS" [cluster_off]="http://127.0.0.1:$D1_P$PATH_CUS")
+declare -A URL2=([off]="${URL1[off]}" [on]="${URL1[on]}" [cluster]="http://127.0.0.1:$C2_P$PATH_CUS" [cluster_off]="http://127.0.0.1:$D2_P$PATH_CUS")
+declare -A KEY=([off]="$K_OFF" [on]="$K_ON" [cluster]="$K_C" [cluster_off]="$K_D")
+for t in off on cluster cluster_off; do
+  for u in "${URL1[$t]}" "${URL2[$t]}"; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${KEY[$t]}" "$u")
+    [ "$code" = 200 ] || { echo "$t: $u answered $code" >&2; exit 1; }
+  done
+done
+curl -s -D - -o /dev/null -H "Authorization: Bearer $K_ON" "${URL1[on]}" | grep -qi '^ratelimit-policy:' \
+  || { echo "limits are not on for 'on'" >&2; exit 1; }
+
+# One wrk process: "rps p50_ms p99_ms errors".
+one() {
+  wrk -t1 -c"$((CONNECTIONS / 2))" -d"$DURATION" --latency -H "Authorization: Bearer $2" "$1" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    /Requests\/sec/ { rps=$2 }
+    $1=="50%" { p50=ms($2) }
+    $1=="99%" { p99=ms($2) }
+    /Non-2xx or 3xx responses/ { err+=$NF }
+    /Socket errors/ { gsub(/,/, ""); err+=$4+$6+$8+$10 }
+    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }'
+}
+# Two at once; sums the rates, takes the larger p50/p99, sums errors.
+run() {
+  one "${URL1[$1]}" "${KEY[$1]}" > "$WORK/a" & local a=$!
+  one "${URL2[$1]}" "${KEY[$1]}" > "$WORK/b" & local b=$!
+  wait $a $b
+  paste -d' ' "$WORK/a" "$WORK/b" | awk '{ printf "%d %.3f %.3f %d\n", $1+$5, ($2>$6?$2:$6), ($3>$7?$3:$7), $4+$8 }'
+}
+for t in off on cluster cluster_off; do
+  wrk -t1 -c10 -d"$WARMUP" -H "Authorization: Bearer ${KEY[$t]}" "${URL1[$t]}" >/dev/null
+  wrk -t1 -c10 -d"$WARMUP" -H "Authorization: Bearer ${KEY[$t]}" "${URL2[$t]}" >/dev/null
+done
+
+TARGETS=(off on cluster cluster_off)
+declare -A SUM_RPS SUM_P50 SUM_P99 ERRORS
+for t in "${TARGETS[@]}"; do SUM_RPS[$t]=0; SUM_P50[$t]=0; SUM_P99[$t]=0; ERRORS[$t]=0; done
+for r in $(seq "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    read -r rps p50 p99 err < <(run "$t")
+    echo "round $r $t: $rps req/s p50 ${p50}ms p99 ${p99}ms errors $err" >&2
+    ERRORS[$t]=$((ERRORS[$t] + err))
+    SUM_RPS[$t]=$(python3 -c "print(${SUM_RPS[$t]}+$rps)")
+    SUM_P50[$t]=$(python3 -c "print(${SUM_P50[$t]}+$p50)")
+    SUM_P99[$t]=$(python3 -c "print(${SUM_P99[$t]}+$p99)")
+  done
+done
+avg() { python3 -c "print(f'{$1/$ROUNDS:.3f}')"; }
+avg_int() { python3 -c "print(f'{$1/$ROUNDS:,.0f}')"; }
+
+CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+MEM=$(free -g | awk '/Mem:/{print $2" GiB"}')
+echo
+echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $COMMIT; machine: $(nproc) cores ($CPU), $MEM;"
+echo "load average at start: $LOAD_AT_START; client: 2 × wrk -t1 -c$((CONNECTIONS / 2)) -d$DURATION (HTTP/1.1 keep-alive),"
+echo "$ROUNDS interleaved rounds after a $WARMUP warm-up, means shown; servers, Redis and client share the $(nproc) cores."
+echo
+declare -A LABEL=([off]="one node, file store, limits off" [on]="one node, file store, limits on" [cluster]="two replicas + Redis, limits on" [cluster_off]="two replicas + Redis, limits off")
+echo "| set-up | req/s | p50 ms | p99 ms | errors |"
+echo "|---|---:|---:|---:|---:|"
+for t in "${TARGETS[@]}"; do
+  echo "| ${LABEL[$t]} | $(avg_int ${SUM_RPS[$t]}) | $(avg ${SUM_P50[$t]}) | $(avg ${SUM_P99[$t]}) | ${ERRORS[$t]} |"
+done
+echo
+python3 - "${SUM_RPS[off]}" "${SUM_RPS[on]}" "${SUM_RPS[cluster]}" "${SUM_RPS[cluster_off]}" <<'PY'
+import sys
+off, on, cl, cloff = map(float, sys.argv[1:])
+print(f"cost of in-process limits: {100 * (1 - on / off):.1f}% of throughput (target < 5%)")
+print(f"Redis-backed limits / in-process limits: {cl / on:.2f}x (target >= 0.70)")
+print(f"two replicas + Redis, limits on / off: {cl / cloff:.2f}x")
+PY
