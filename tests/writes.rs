@@ -356,7 +356,7 @@ async fn an_idempotency_key_replays_the_first_answer() {
     assert_eq!(header(&b, "idempotent-replayed"), "true");
     assert_eq!(b.text().await.expect("body"), a_body);
 
-    // Over 255 bytes: refused at the edge.
+    // Over 255 bytes: refused.
     let long = "k".repeat(256);
     let r = post("/orders/v1/things", &long, "{}")
         .send()
@@ -661,4 +661,78 @@ async fn two_replicas_sharing_redis_replay_one_answer_and_share_the_clock() {
         .expect("send");
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["now"], "2030-06-01T00:00:00Z");
+}
+
+#[tokio::test]
+async fn require_dry_run_can_single_out_try_it_tokens() {
+    let config = "listeners:\n  - addr: 127.0.0.1:0\nauth:\n  api_keys: { prefix: sk_sandbox_, live_prefixes: [sk_live_] }\n  builtin_issuer:\n    issuer: https://api.sandbox.example.com\n    signing_key: keys/issuer.pem\n    scopes: [payments:write, try_it]\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n    require_dry_run:\n      - { methods: [DELETE], scopes: [try_it] }\n";
+    let gw = start_gateway(sandbox_dir(&[
+        ("sandgate.yaml", config),
+        ("contracts/payments.yaml", PAYMENTS),
+        ("policies/plans.yaml", POLICY),
+    ]))
+    .await;
+    let now = tenants::now_secs();
+    let (mut t, creds) =
+        tenants::new_tenant("Acme", "dev@acme.test", now, Duration::ZERO, "sk_sandbox_")
+            .expect("tenant");
+    t.plan = "big".into();
+    t.expires_at = now + 7 * DAY;
+    let registry = gw
+        .running
+        .as_ref()
+        .expect("running")
+        .gateway
+        .registry()
+        .clone();
+    registry.put(&t).await.expect("store tenant");
+    let c = common::client();
+    let token = |scope: &'static str| {
+        let c = c.clone();
+        let url = gw.url("/oauth/token");
+        let (id, secret) = (creds.client_id.clone(), creds.client_secret.clone());
+        async move {
+            let r = c
+                .post(url)
+                .basic_auth(id, Some(secret))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("grant_type=client_credentials&scope={scope}"))
+                .send()
+                .await
+                .expect("token request");
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.expect("json");
+            v["access_token"].as_str().expect("token").to_owned()
+        }
+    };
+    let try_it = token("try_it").await;
+    let partner = token("payments%3Awrite").await;
+    let delete = |cred: &str| {
+        c.delete(gw.url("/payments/v1/customers/cus_NffrFeUfNV2Hib"))
+            .bearer_auth(cred.to_owned())
+    };
+    let r = delete(&try_it).send().await.expect("send");
+    let p = problem(r, 428, "dry_run_required").await;
+    assert_eq!(p["rule"], "apis.payments.require_dry_run[0]");
+    let r = delete(&try_it)
+        .header("x-dry-run", "true")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-dry-run"), "simulated");
+    // Other tokens and API keys are not covered by the rule.
+    for cred in [partner.as_str(), creds.api_key.as_str()] {
+        let r = delete(cred).send().await.expect("send");
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-dry-run"), "");
+    }
+    // A try_it token may still create (the rule names DELETE only).
+    let r = c
+        .post(gw.url("/payments/v1/customers"))
+        .bearer_auth(&try_it)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
 }

@@ -76,9 +76,10 @@ impl Policy {
     }
 }
 
-/// Checks the `Idempotency-Key` header, if any (edge stage, right after
-/// the head limits, on every request): 1 to 255 visible ASCII characters,
-/// sent once.
+/// Checks the `Idempotency-Key` header, if any: 1 to 255 visible ASCII
+/// characters, sent once. Run by [`begin`] when the key would be used,
+/// after validate, so an API whose contract documents the header explains
+/// its own limits first.
 pub fn check_key(headers: &HeaderMap) -> Result<(), Refusal> {
     let mut all = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(v) = all.next() else {
@@ -170,6 +171,7 @@ pub async fn begin(
     else {
         return Ok(Outcome::Proceed { claim: None, body });
     };
+    check_key(&parts.headers)?;
     // The fingerprint covers the body: read it (within the API's limit).
     crate::edge::check_content_length(&parts.headers, api.max_body, &api.max_body_rule)?;
     let bytes = match body {

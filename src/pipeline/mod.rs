@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! edge         head limits, canonical path                (crate::edge)
-//!              X-Dry-Run and Idempotency-Key well formed (dry_run, idempotency)
+//!              X-Dry-Run is true, false or absent (dry_run)
 //! (issuer)     /oauth/token, /.well-known/*: the built-in token issuer
 //! (tenant)     /_sandbox/*: the tenant's own endpoints (usage, clock)
 //! route        Host + prefix → API; method + path → operation
@@ -12,7 +12,7 @@
 //!              require_dry_run rules (dry_run); the tenant's clock (crate::clock)
 //! limit        the tenant's plan: rate rules (GCRA)
 //! validate     request against the contract: params, body
-//! idempotency  replay, refuse, or claim the Idempotency-Key
+//! idempotency  check, then replay, refuse, or claim the Idempotency-Key
 //! dispatch     facade answer or upstream proxy; a dry run is simulated
 //!              unless the backend takes it (upstream::Permit)
 //! ```
@@ -82,11 +82,10 @@ pub async fn run(
 ) -> Result<Response<Body>, Refusal> {
     // edge: refuse oversized or non-canonical heads before any routing work.
     crate::edge::check_head(&sandbox.limits, &req)?;
-    // The write headers: a bad X-Dry-Run or Idempotency-Key is refused
-    // before any work (the decision to simulate is dispatch's).
+    // X-Dry-Run: a bad value is refused before any work (the decision to
+    // simulate is dispatch's).
     facts.dry_run_asked = dry_run::parse(req.method(), req.headers())?;
     facts.dry_run = facts.dry_run_asked == dry_run::Asked::Write;
-    idempotency::check_key(req.headers())?;
     // sandbox endpoints: the built-in token issuer answers its own paths
     // (on this sandbox's hosts) before any API is considered.
     if let Some(endpoint) = crate::issuer::endpoint(sandbox, req.uri().path()) {
