@@ -364,6 +364,7 @@ fn fixture_benches(c: &mut Criterion, demo: &Sandbox) {
         query: None,
         headers: &headers,
         body: Some(body),
+        now: None,
     };
     assert_eq!(fixtures.find(&req(&last)), Some("f999"));
     assert_eq!(fixtures.find(&req(&none)), None);

@@ -146,6 +146,10 @@ impl Handler for Gateway {
             }
         };
         crate::edge::set_request_id(resp.headers_mut(), &facts.request_id);
+        if let Some(marker) = facts.dry_run_asked.marker() {
+            resp.headers_mut()
+                .insert(pipeline::dry_run::X_DRY_RUN, marker);
+        }
         if let Some(slot) = facts.slot.take() {
             resp = resp.map(|b| {
                 http_body_util::BodyExt::boxed(crate::limits::concurrency::Holding::new(b, slot))

@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod contract;
 pub mod contract_test;

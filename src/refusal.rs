@@ -33,6 +33,10 @@ pub enum Stage {
     Dispatch,
     /// The internal admin listener.
     Admin,
+    /// `Idempotency-Key`: replaying, or claiming the key, before dispatch.
+    Idempotency,
+    /// The tenant's own endpoints under `/_sandbox/` (test clock, usage).
+    Sandbox,
 }
 
 impl Stage {
@@ -47,6 +51,8 @@ impl Stage {
             Stage::Validate => "validate",
             Stage::Dispatch => "dispatch",
             Stage::Admin => "admin",
+            Stage::Idempotency => "idempotency",
+            Stage::Sandbox => "sandbox",
         }
     }
 }
@@ -407,6 +413,54 @@ pub enum Refusal {
         /// The stage that needed it.
         stage: Stage,
     },
+    /// `X-Dry-Run` with a value other than `true` or `false`.
+    InvalidDryRunHeader {
+        /// The value sent (at most 32 characters).
+        value: String,
+    },
+    /// A dry-run write to an API whose backend does not take dry runs
+    /// (`dry_run: refuse`).
+    DryRunUnsupported {
+        /// The API.
+        api: String,
+        /// Its `dry_run` mode.
+        mode: &'static str,
+    },
+    /// A write that a `require_dry_run` rule says must be a dry run.
+    DryRunRequired {
+        /// The API.
+        api: String,
+        /// The method.
+        method: String,
+        /// The rule, e.g. `apis.payments.require_dry_run[0]`.
+        rule: String,
+    },
+    /// An `Idempotency-Key` that is empty, too long or not visible ASCII.
+    InvalidIdempotencyKey {
+        /// Its length in bytes.
+        len: usize,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// An `Idempotency-Key` already used for a different request.
+    IdempotencyKeyReused {
+        /// Method and path of the request the key was first used with.
+        first: String,
+    },
+    /// The first request with this `Idempotency-Key` is still in flight.
+    IdempotencyConflict,
+    /// A test-clock change that would move the tenant's time backwards.
+    ClockBackwards {
+        /// The clock's current time (RFC 3339).
+        now: String,
+        /// The time asked for (RFC 3339).
+        asked: String,
+    },
+    /// A test-clock request that cannot be understood.
+    InvalidClockRequest {
+        /// What is wrong with it.
+        why: String,
+    },
     /// A bug or an unexpected condition inside the gateway.
     Internal,
 }
@@ -467,6 +521,14 @@ impl Refusal {
             Refusal::ExtensionLimit { .. } => "extension_limit",
             Refusal::CapacityReached { .. } => "capacity_reached",
             Refusal::StoreUnavailable { .. } => "store_unavailable",
+            Refusal::InvalidDryRunHeader { .. } => "invalid_dry_run_header",
+            Refusal::DryRunUnsupported { .. } => "dry_run_unsupported",
+            Refusal::DryRunRequired { .. } => "dry_run_required",
+            Refusal::InvalidIdempotencyKey { .. } => "invalid_idempotency_key",
+            Refusal::IdempotencyKeyReused { .. } => "idempotency_key_reused",
+            Refusal::IdempotencyConflict => "idempotency_conflict",
+            Refusal::ClockBackwards { .. } => "clock_backwards",
+            Refusal::InvalidClockRequest { .. } => "invalid_clock_request",
             Refusal::Internal => "internal_error",
         }
     }
@@ -528,6 +590,14 @@ impl Refusal {
                 StatusCode::BAD_GATEWAY
             }
             Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::InvalidDryRunHeader { .. }
+            | Refusal::DryRunUnsupported { .. }
+            | Refusal::InvalidIdempotencyKey { .. }
+            | Refusal::IdempotencyKeyReused { .. }
+            | Refusal::ClockBackwards { .. }
+            | Refusal::InvalidClockRequest { .. } => StatusCode::BAD_REQUEST,
+            Refusal::DryRunRequired { .. } => StatusCode::PRECONDITION_REQUIRED,
+            Refusal::IdempotencyConflict => StatusCode::CONFLICT,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -588,6 +658,13 @@ impl Refusal {
             | Refusal::ExtensionLimit { .. }
             | Refusal::CapacityReached { .. } => Stage::Admin,
             Refusal::StoreUnavailable { stage } => *stage,
+            Refusal::InvalidDryRunHeader { .. } => Stage::Edge,
+            Refusal::DryRunRequired { .. } => Stage::Admit,
+            Refusal::DryRunUnsupported { .. } => Stage::Dispatch,
+            Refusal::InvalidIdempotencyKey { .. }
+            | Refusal::IdempotencyKeyReused { .. }
+            | Refusal::IdempotencyConflict => Stage::Idempotency,
+            Refusal::ClockBackwards { .. } | Refusal::InvalidClockRequest { .. } => Stage::Sandbox,
         }
     }
 
@@ -646,6 +723,14 @@ impl Refusal {
             Refusal::ExtensionLimit { .. } => "Extension beyond the longest sandbox life",
             Refusal::CapacityReached { .. } => "Sandbox capacity reached",
             Refusal::StoreUnavailable { .. } => "Store unavailable",
+            Refusal::InvalidDryRunHeader { .. } => "X-Dry-Run header not understood",
+            Refusal::DryRunUnsupported { .. } => "Dry run not supported by this API",
+            Refusal::DryRunRequired { .. } => "Dry run required",
+            Refusal::InvalidIdempotencyKey { .. } => "Idempotency-Key not accepted",
+            Refusal::IdempotencyKeyReused { .. } => "Idempotency-Key reused for another request",
+            Refusal::IdempotencyConflict => "Request with this Idempotency-Key in progress",
+            Refusal::ClockBackwards { .. } => "Test clock cannot go backwards",
+            Refusal::InvalidClockRequest { .. } => "Test clock request not understood",
             Refusal::Internal => "Internal gateway error",
         }
     }
@@ -704,6 +789,14 @@ impl Refusal {
             Refusal::LimitsUnavailable { .. } => Some("store.on_error".into()),
             Refusal::ExtensionLimit { .. } => Some("tenants.max_lifetime_days".into()),
             Refusal::CapacityReached { .. } => Some("tenants.max_active_sandboxes".into()),
+            Refusal::DryRunUnsupported { api, .. } => Some(format!("apis.{api}.dry_run")),
+            Refusal::DryRunRequired { rule, .. } => Some(rule.clone()),
+            Refusal::InvalidIdempotencyKey { .. }
+            | Refusal::InvalidDryRunHeader { .. }
+            | Refusal::IdempotencyKeyReused { .. }
+            | Refusal::IdempotencyConflict
+            | Refusal::ClockBackwards { .. }
+            | Refusal::InvalidClockRequest { .. } => None,
             Refusal::UnreadableBody
             | Refusal::InvalidPath { .. }
             | Refusal::AdminNotFound { .. }
@@ -893,6 +986,28 @@ impl Refusal {
                     format!("'{got}'")
                 }
             ),
+            Refusal::InvalidDryRunHeader { value } => {
+                format!("`X-Dry-Run: {value}` is neither `true` nor `false` (sent once).")
+            }
+            Refusal::DryRunUnsupported { api, mode } => format!(
+                "API '{api}' does not take dry runs (`dry_run: {mode}`): its backend cannot simulate a write, and the gateway never sends a dry run to a backend that has not declared it can."
+            ),
+            Refusal::DryRunRequired { api, method, .. } => format!(
+                "A policy of API '{api}' says this {method} must be a dry run for this caller; nothing was done."
+            ),
+            Refusal::InvalidIdempotencyKey { len, why } => {
+                format!("The Idempotency-Key ({len} bytes) {why}.")
+            }
+            Refusal::IdempotencyKeyReused { first } => format!(
+                "This Idempotency-Key was first used with a different request ({first}, or the same with another body); a key names exactly one request."
+            ),
+            Refusal::IdempotencyConflict => {
+                "Another request with this Idempotency-Key is still being processed.".into()
+            }
+            Refusal::ClockBackwards { now, asked } => format!(
+                "The sandbox's test clock is at {now}; it only moves forward, and {asked} is earlier."
+            ),
+            Refusal::InvalidClockRequest { why } => format!("The test clock request {why}."),
             Refusal::IssuerKeysUnavailable { issuer } => format!(
                 "The key set of '{issuer}' could not be fetched since the gateway started, so no token of it can be verified yet."
             ),
@@ -1090,6 +1205,30 @@ impl Refusal {
             Refusal::IssuerKeysUnavailable { .. } => {
                 "Retry shortly; if it persists, tell the sandbox operators their token issuer's key set URL is unreachable.".into()
             }
+            Refusal::InvalidDryRunHeader { .. } => {
+                "Send `X-Dry-Run: true` to simulate a write, or leave the header out (or send `false`) for a real one.".into()
+            }
+            Refusal::DryRunUnsupported { .. } => {
+                "Send the request without X-Dry-Run, or ask the API's team to support dry runs (dry_run: simulate or forward).".into()
+            }
+            Refusal::DryRunRequired { .. } => {
+                "Add `X-Dry-Run: true` to the request to see what it would do; use credentials without this restriction for a real write.".into()
+            }
+            Refusal::InvalidIdempotencyKey { .. } => {
+                "Send a key of 1 to 255 visible ASCII characters, such as a UUID.".into()
+            }
+            Refusal::IdempotencyKeyReused { .. } => {
+                "Use a new Idempotency-Key (e.g. a fresh UUID) for each distinct request; retry a request with its own key and the very same body.".into()
+            }
+            Refusal::IdempotencyConflict => {
+                "Wait for the first request to finish, then retry with the same key to get its answer (Retry-After).".into()
+            }
+            Refusal::ClockBackwards { .. } => {
+                "Advance the clock (`{\"advance\": \"1d\"}`) or set a later `frozen_time`; DELETE /_sandbox/clock returns to real time.".into()
+            }
+            Refusal::InvalidClockRequest { .. } => {
+                "Send {\"frozen_time\": \"2027-01-01T00:00:00Z\"} or {\"advance\": \"30d\"} (exactly one of them).".into()
+            }
             Refusal::Internal => "Retry; if it persists, report the request id to the sandbox operators.".into(),
         }
     }
@@ -1107,6 +1246,7 @@ impl Refusal {
                 | Refusal::RateLimited { .. }
                 | Refusal::TooManyInFlight { .. }
                 | Refusal::LimitsUnavailable { .. }
+                | Refusal::IdempotencyConflict
                 | Refusal::QuotaExhausted {
                     resets_at: Some(_),
                     ..
@@ -1245,7 +1385,10 @@ impl Refusal {
         if let Refusal::RateLimited { retry_after, .. } = &self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
         }
-        if let Refusal::TooManyInFlight { .. } | Refusal::LimitsUnavailable { .. } = &self {
+        if let Refusal::TooManyInFlight { .. }
+        | Refusal::LimitsUnavailable { .. }
+        | Refusal::IdempotencyConflict = &self
+        {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Refusal::QuotaExhausted {

@@ -74,6 +74,12 @@ pub struct Api {
     pub timeout: std::time::Duration,
     /// Pre-registered metric handles (no per-request label hashing).
     pub metrics: ApiMetrics,
+    /// What a dry-run write does when the API has a backend.
+    pub dry_run: crate::config::DryRunMode,
+    /// Writes that must be dry runs (`require_dry_run`).
+    pub require_dry_run: Vec<crate::pipeline::dry_run::Requirement>,
+    /// `Idempotency-Key` handling; `None` when no method takes a key.
+    pub idempotency: Option<crate::pipeline::idempotency::Policy>,
 }
 
 /// The compiled sandbox.
@@ -305,7 +311,60 @@ impl Sandbox {
                 Some(b) => (b.bytes(), format!("apis.{name}.max_body")),
                 None => (config.limits.max_body.bytes(), "limits.max_body".to_owned()),
             };
+            let require_dry_run = a
+                .require_dry_run
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let operations = r
+                        .operations
+                        .iter()
+                        .filter_map(|id| {
+                            let found = contract.as_ref().and_then(|c| {
+                                c.operations.iter().position(|op| op.id == id.value)
+                            });
+                            if found.is_none() {
+                                errors.push(ConfigError::new(
+                                    &file,
+                                    id.referenced.line(),
+                                    format!(
+                                        "API `{name}`: require_dry_run names operation `{}`, which its contract does not have",
+                                        id.value
+                                    ),
+                                ));
+                            }
+                            found
+                        })
+                        .collect();
+                    crate::pipeline::dry_run::Requirement {
+                        rule: format!("apis.{name}.require_dry_run[{i}]"),
+                        methods: r
+                            .methods
+                            .iter()
+                            .filter_map(|m| m.value.parse().ok())
+                            .collect(),
+                        operations,
+                        scopes: r.scopes.clone(),
+                    }
+                })
+                .collect();
+            let api_timeout = a
+                .upstream
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(25), |u| {
+                    u.timeout.value.get()
+                });
+            let idempotency = crate::pipeline::idempotency::Policy::new(
+                &a.idempotency,
+                // The first request's lock outlives any exchange: the whole
+                // request is bounded by `timeouts.request`, and the answer's
+                // body by the API's timeout after that.
+                config.timeouts.request.get() + api_timeout,
+            );
             apis.push(Api {
+                dry_run: a.dry_run,
+                require_dry_run,
+                idempotency,
                 metrics: ApiMetrics::new(&name),
                 name: Arc::from(name.as_str()),
                 prefix: a.prefix.value.clone(),
@@ -321,12 +380,7 @@ impl Sandbox {
                 fixtures,
                 drift,
                 recorder,
-                timeout: a
-                    .upstream
-                    .as_ref()
-                    .map_or(std::time::Duration::from_secs(25), |u| {
-                        u.timeout.value.get()
-                    }),
+                timeout: api_timeout,
             });
         }
         let names: Vec<(String, Vec<String>)> = apis

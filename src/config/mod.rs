@@ -537,7 +537,99 @@ pub struct ApiConfig {
     /// `hybrid` and `record` APIs that have a `contract`).
     #[serde(default)]
     pub drift: DriftConfig,
+    /// What a dry-run write (`X-Dry-Run: true` on POST, PUT, PATCH or
+    /// DELETE) does on an API that reaches a backend (`upstream`, `hybrid`,
+    /// `record`): `simulate` (answer from the facade, never the backend),
+    /// `forward` (the backend understands `X-Dry-Run`: forward the request
+    /// with it) or `refuse` (400 `dry_run_unsupported`). A `facade` API
+    /// always simulates. Default: `simulate`.
+    #[serde(default)]
+    pub dry_run: DryRunMode,
+    /// Writes that must be sent as dry runs (428 `dry_run_required`
+    /// otherwise): each rule names methods, operations and/or scopes, and
+    /// a write matching every condition of one rule needs `X-Dry-Run: true`.
+    #[serde(default)]
+    pub require_dry_run: Vec<RequireDryRun>,
+    /// `Idempotency-Key` handling (Stripe's semantics).
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
 }
+
+/// What a dry-run write does on an API that reaches a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DryRunMode {
+    /// Answer from the facade (the contract's answer for the operation);
+    /// the backend is never contacted.
+    #[default]
+    Simulate,
+    /// The backend declares it understands `X-Dry-Run: true`: forward the
+    /// request with that header.
+    Forward,
+    /// Refuse dry-run writes (400 `dry_run_unsupported`).
+    Refuse,
+}
+
+impl DryRunMode {
+    /// The name used in configuration.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DryRunMode::Simulate => "simulate",
+            DryRunMode::Forward => "forward",
+            DryRunMode::Refuse => "refuse",
+        }
+    }
+}
+
+/// One `require_dry_run` rule. Every condition given must hold; an empty
+/// list is no condition. A rule with no condition at all covers every write.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequireDryRun {
+    /// Write methods the rule covers (`POST`, `PUT`, `PATCH`, `DELETE`).
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// operationIds of the API's contract the rule covers.
+    #[serde(default)]
+    pub operations: Vec<Spanned<String>>,
+    /// Token scopes: the rule covers callers holding any of them (for
+    /// example `try_it` for the developer portal's browser tokens). API
+    /// keys carry no scopes, so a rule with scopes never covers them.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// `Idempotency-Key` handling of one API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    /// Methods whose requests honour `Idempotency-Key` (among `POST`,
+    /// `PUT`, `PATCH`, `DELETE`); empty turns it off. Default: `[POST]`.
+    pub methods: Vec<Spanned<String>>,
+    /// How long a completed response is kept and replayed. Default: `24h`.
+    pub ttl: Duration,
+    /// Largest response body stored; a larger response is passed on and
+    /// not stored (the key is released, so a retry runs again).
+    /// Default: `1MiB`.
+    pub max_response: ByteSize,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            methods: vec![Spanned::new(
+                "POST".to_owned(),
+                serde_saphyr::Location::UNKNOWN,
+                serde_saphyr::Location::UNKNOWN,
+            )],
+            ttl: Duration::from_secs(24 * 3600),
+            max_response: ByteSize::mib(1),
+        }
+    }
+}
+
+/// The methods a dry run or an idempotency key applies to.
+pub const WRITE_METHODS: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 
 /// How `record` mode writes fixtures.
 #[derive(Debug, Deserialize)]
@@ -887,6 +979,29 @@ impl Config {
                         ),
                     );
                 }
+            }
+            let methods = api
+                .require_dry_run
+                .iter()
+                .flat_map(|r| r.methods.iter().map(|m| (m, "require_dry_run")))
+                .chain(api.idempotency.methods.iter().map(|m| (m, "idempotency")));
+            for (m, key) in methods {
+                if !WRITE_METHODS.contains(&m.value.as_str()) {
+                    err(
+                        m.referenced.line(),
+                        format!(
+                            "API `{name}`: {key} method `{}` must be one of {}",
+                            m.value,
+                            WRITE_METHODS.join(", ")
+                        ),
+                    );
+                }
+            }
+            if api.idempotency.ttl.get().is_zero() {
+                err(
+                    0,
+                    format!("API `{name}`: idempotency.ttl must be greater than zero"),
+                );
             }
         }
         match (&self.store.kind.value, &self.store.url) {

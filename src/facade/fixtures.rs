@@ -6,7 +6,8 @@
 //! the contract), query parameters, headers and a subset of the typed body,
 //! with a priority; its response has a status, headers and a body whose
 //! strings are minijinja templates over the request (`path`, `query`,
-//! `headers`, `body`), `now` (Unix seconds) and `new_id(prefix)`. A string
+//! `headers`, `body`), `now` (Unix seconds, the tenant's test clock when it
+//! is set) and `new_id(prefix)`. A string
 //! that is exactly one `{{ expression }}` keeps the expression's JSON type.
 //! Bodies without templates are checked against the contract at load.
 //!
@@ -237,6 +238,8 @@ pub struct Request<'a> {
     pub headers: &'a http::HeaderMap,
     /// The typed body, if any.
     pub body: Option<&'a Value>,
+    /// The tenant's time (its test clock), Unix seconds; `None`: real time.
+    pub now: Option<u64>,
 }
 
 impl Fixtures {
@@ -695,7 +698,7 @@ impl Fixture {
             "query": query,
             "headers": headers,
             "body": req.body.cloned().unwrap_or(Value::Null),
-            "now": crate::tenants::now_secs(),
+            "now": req.now.unwrap_or_else(crate::tenants::now_secs),
         })
     }
 }
@@ -875,6 +878,7 @@ mod tests {
                 query: None,
                 headers: &headers,
                 body: Some(&body),
+                now: None,
             };
             assert_eq!(f.find(&req), want, "{path} {body}");
             // The same answer as looking at every fixture in order.

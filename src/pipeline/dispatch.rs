@@ -2,6 +2,10 @@
 //!
 //! Invariant: a facade API never contacts a backend; an upstream API only
 //! ever contacts its configured backend.
+//!
+//! Invariant: a dry-run write never reaches a backend that is not declared
+//! `dry_run: forward`: the proxy needs an [`upstream::Permit`](Permit),
+//! which a dry run only gets from such an API.
 
 use std::sync::Arc;
 
@@ -12,12 +16,12 @@ use super::RequestFacts;
 use super::identify::Principal;
 use super::route::Routed;
 use crate::body::{Body, RequestBody};
-use crate::config::Mode;
+use crate::config::{DryRunMode, Mode};
 use crate::edge;
 use crate::facade::scenarios::Matched;
 use crate::refusal::Refusal;
 use crate::server::ConnInfo;
-use crate::upstream::Forwarded;
+use crate::upstream::{Forwarded, Permit};
 
 /// Where an answer came from (for the access log and, later, the trace).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +36,10 @@ pub enum AnswerSource {
     Example,
     /// The real sandbox backend.
     Upstream,
+    /// A dry run on an API without a contract: what the gateway checked.
+    Simulated,
+    /// A stored answer replayed for a repeated `Idempotency-Key`.
+    Replayed,
 }
 
 impl AnswerSource {
@@ -43,6 +51,8 @@ impl AnswerSource {
             AnswerSource::Generated => "generated",
             AnswerSource::Example => "example",
             AnswerSource::Upstream => "upstream",
+            AnswerSource::Simulated => "simulated",
+            AnswerSource::Replayed => "replayed",
         }
     }
 }
@@ -58,6 +68,16 @@ pub async fn dispatch(
 ) -> Result<Response<Body>, Refusal> {
     let api = routed.api;
     edge::check_content_length(&parts.headers, api.max_body, &api.max_body_rule)?;
+    // A dry-run write on an API with a backend: as the API declares. (A
+    // facade API has no backend; its answer is already a simulation.)
+    if facts.dry_run && api.mode.uses_upstream() {
+        match api.dry_run {
+            DryRunMode::Refuse => return Err(dry_run_unsupported(api)),
+            DryRunMode::Simulate => return simulate(&routed, &parts, body, conn, facts).await,
+            // `proxy` gets a dry-run permit and sends `X-Dry-Run: true`.
+            DryRunMode::Forward => {}
+        }
+    }
     match api.mode {
         Mode::Facade => {
             // Read (within its limit) even when no rule looks at it, so an
@@ -97,7 +117,8 @@ pub async fn dispatch(
                 facts,
             )
             .await?;
-            let Some(recorder) = &api.recorder else {
+            // A forwarded dry run's answer is not a real exchange.
+            let Some(recorder) = api.recorder.as_ref().filter(|_| !facts.dry_run) else {
                 return Ok(resp);
             };
             let (head, body) = resp.into_parts();
@@ -192,6 +213,7 @@ async fn rules(
                 query: parts.uri.query(),
                 headers: &parts.headers,
                 body: typed,
+                now: facts.tenant_now,
             })
             .await
     {
@@ -264,6 +286,10 @@ async fn proxy(
     let Some(upstream) = &api.upstream else {
         return Err(Refusal::Internal);
     };
+    // The dry-run invariant: no permit, no request to the backend.
+    let Some(permit) = Permit::for_request(facts.dry_run, api.dry_run) else {
+        return Err(dry_run_unsupported(api));
+    };
     facts.source = Some(AnswerSource::Upstream);
     let fwd = Forwarded {
         client_ip: conn.remote.ip(),
@@ -276,9 +302,11 @@ async fn proxy(
         }),
         request_id: &facts.request_id,
         tenant: principal.map(|p| p.tenant.id.as_str()),
+        clock: facts.tenant_now.filter(|_| facts.clock_set),
     };
     let resp = upstream
         .forward(
+            permit,
             parts,
             body,
             routed.strip,
@@ -293,6 +321,54 @@ async fn proxy(
         }
         _ => Ok(resp),
     }
+}
+
+/// A dry-run write the API refuses (or that would otherwise reach a
+/// backend that did not declare it understands `X-Dry-Run`).
+fn dry_run_unsupported(api: &crate::sandbox::Api) -> Refusal {
+    Refusal::DryRunUnsupported {
+        api: api.name.to_string(),
+        mode: api.dry_run.as_str(),
+    }
+}
+
+/// A dry-run write on an API with a backend, in `simulate` mode: the
+/// facade's answer for the operation (scenario rules, fixtures, the
+/// contract's example or a generated body), never the backend. Without a
+/// contract the gateway cannot know the backend's answer, and says so.
+async fn simulate(
+    routed: &Routed<'_>,
+    parts: &Parts,
+    body: RequestBody,
+    conn: &ConnInfo,
+    facts: &mut RequestFacts,
+) -> Result<Response<Body>, Refusal> {
+    let api = routed.api;
+    let bytes = read(api, body).await?;
+    if api.contract.is_some() && routed.operation.is_some() {
+        return facade(routed, parts, &bytes, conn, facts).await;
+    }
+    let answer = serde_json::json!({
+        "object": "dry_run",
+        "simulated": true,
+        "api": &*api.name,
+        "method": parts.method.as_str(),
+        "path": routed.api_path(parts.uri.path()),
+        "forwarded": false,
+        "detail": format!(
+            "The request passed every check (identity, admission, limits, validation) and was not sent to API '{}': its backend does not take dry runs, and without a contract the gateway cannot say what it would have answered.",
+            api.name
+        ),
+    });
+    facts.source = Some(AnswerSource::Simulated);
+    let mut resp = Response::new(crate::body::full(
+        serde_json::to_vec(&answer).unwrap_or_default(),
+    ));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
 }
 
 /// Reads the response (up to `drift.max_body`) and checks it against the

@@ -2,15 +2,19 @@
 //! stages; read [`run`] top to bottom to follow a request.
 //!
 //! ```text
-//! edge      head limits, canonical path                (crate::edge)
-//! (issuer)  /oauth/token, /.well-known/*: the built-in token issuer
-//! (tenant)  /_sandbox/*: the tenant's own endpoints (usage)
-//! route     Host + prefix → API; method + path → operation
-//! identify  credentials → principal (JWT, API key, client certificate)
-//! admit     tenant active and not expired; its sandbox includes the API
-//! limit     the tenant's plan: rate rules (GCRA)
-//! validate  request against the contract: params, body
-//! dispatch  facade answer or upstream proxy
+//! edge         head limits, canonical path                (crate::edge)
+//!              X-Dry-Run is true, false or absent (dry_run)
+//! (issuer)     /oauth/token, /.well-known/*: the built-in token issuer
+//! (tenant)     /_sandbox/*: the tenant's own endpoints (usage, clock)
+//! route        Host + prefix → API; method + path → operation
+//! identify     credentials → principal (JWT, API key, client certificate)
+//! admit        tenant active and not expired; its sandbox includes the API;
+//!              require_dry_run rules (dry_run); the tenant's clock (crate::clock)
+//! limit        the tenant's plan: rate rules (GCRA)
+//! validate     request against the contract: params, body
+//! idempotency  check, then replay, refuse, or claim the Idempotency-Key
+//! dispatch     facade answer or upstream proxy; a dry run is simulated
+//!              unless the backend takes it (upstream::Permit)
 //! ```
 //!
 //! Every stage returns `Result<_, Refusal>`; the first refusal ends the
@@ -19,6 +23,8 @@
 
 pub mod admit;
 pub mod dispatch;
+pub mod dry_run;
+pub mod idempotency;
 pub mod identify;
 pub mod limit;
 pub mod route;
@@ -53,6 +59,17 @@ pub struct RequestFacts {
     pub standing: Option<limit::Standing>,
     /// The tenant's in-flight slot, held until the response body ends.
     pub slot: Option<crate::limits::concurrency::Slot>,
+    /// What `X-Dry-Run` asked for (the respond stage marks the answer).
+    pub dry_run_asked: dry_run::Asked,
+    /// This is a dry-run write: nothing may be committed (no backend side
+    /// effect, no state, no idempotency record).
+    pub dry_run: bool,
+    /// The identified tenant's current time (its test clock, or real time),
+    /// Unix seconds; set after admit.
+    pub tenant_now: Option<u64>,
+    /// Whether the tenant's test clock is set (then `tenant_now` is its
+    /// frozen instant, forwarded to backends as `Sandgate-Clock`).
+    pub clock_set: bool,
 }
 
 /// Runs the stages in order.
@@ -65,6 +82,10 @@ pub async fn run(
 ) -> Result<Response<Body>, Refusal> {
     // edge: refuse oversized or non-canonical heads before any routing work.
     crate::edge::check_head(&sandbox.limits, &req)?;
+    // X-Dry-Run: a bad value is refused before any work (the decision to
+    // simulate is dispatch's).
+    facts.dry_run_asked = dry_run::parse(req.method(), req.headers())?;
+    facts.dry_run = facts.dry_run_asked == dry_run::Asked::Write;
     // sandbox endpoints: the built-in token issuer answers its own paths
     // (on this sandbox's hosts) before any API is considered.
     if let Some(endpoint) = crate::issuer::endpoint(sandbox, req.uri().path()) {
@@ -74,7 +95,8 @@ pub async fn run(
     // The tenant's own endpoints (/_sandbox/usage), with its credentials.
     if let Some(endpoint) = crate::tenant_api::endpoint(sandbox, req.uri().path()) {
         route::check_host(sandbox, &req)?;
-        return crate::tenant_api::serve(endpoint, sandbox, registry, req, conn).await;
+        return crate::tenant_api::serve(endpoint, sandbox, registry, req, conn, facts.dry_run)
+            .await;
     }
     // route: the API and operation decide every later stage's rules.
     let routed = route::route(sandbox, &req)?;
@@ -95,6 +117,22 @@ pub async fn run(
         admit::admit(routed.api, p, crate::tenants::now_secs())?;
         facts.tenant = Some(p.tenant.id.clone());
     }
+    // require_dry_run: a policy may allow some writes only as dry runs
+    // (it looks at the caller's scopes, so it follows identify).
+    dry_run::require(
+        routed.api,
+        req.method(),
+        routed.operation,
+        principal.as_ref(),
+        facts.dry_run_asked,
+    )?;
+    // The tenant's clock, once per request (cached): what later stages
+    // and the backend take as "now".
+    if let Some(p) = &principal {
+        let time = tenant_time(sandbox, registry, &p.tenant.id).await?;
+        facts.tenant_now = Some(time.now);
+        facts.clock_set = time.set;
+    }
     // limit: the tenant's plan (rates); its standing goes on every answer.
     if let Some(p) = &principal {
         limit::limit(
@@ -111,11 +149,58 @@ pub async fn run(
     let (parts, body) = req.into_parts();
     let (body, report) =
         validate::validate(&routed, &parts, crate::body::RequestBody::Streaming(body)).await?;
+    // idempotency: a repeated key replays the stored answer; a key in use
+    // or reused is refused; otherwise this request claims it. After every
+    // refusal that can happen before dispatch, so those are never stored.
+    let (claim, body) = match idempotency::begin(
+        registry.store(),
+        &routed,
+        &parts,
+        body,
+        facts.tenant.as_deref(),
+        facts.dry_run,
+    )
+    .await?
+    {
+        idempotency::Outcome::Replay(resp) => {
+            facts.source = Some(dispatch::AnswerSource::Replayed);
+            return Ok(resp);
+        }
+        idempotency::Outcome::Proceed { claim, body } => (claim, body),
+    };
     // dispatch: answer from the facade or forward to the backend.
-    let mut resp = dispatch::dispatch(routed, parts, body, conn, principal.as_ref(), facts).await?;
+    let answer = dispatch::dispatch(routed, parts, body, conn, principal.as_ref(), facts).await;
+    let mut resp = match claim {
+        Some(claim) => claim.finish(answer).await?,
+        None => answer?,
+    };
     if let Some(report) = report {
         resp.headers_mut()
             .insert(validate::SANDGATE_VALIDATION, report);
     }
     Ok(resp)
+}
+
+/// The tenant's time; a store failure follows `store.on_error` (real time
+/// with `fail_open`, 503 `store_unavailable` with `fail_closed`).
+async fn tenant_time(
+    sandbox: &Sandbox,
+    registry: &Registry,
+    tenant: &str,
+) -> Result<crate::clock::TenantTime, Refusal> {
+    match crate::clock::tenant_now(registry, tenant).await {
+        Ok(t) => Ok(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "store failed reading the tenant's clock");
+            match sandbox.store.on_error {
+                crate::config::OnStoreError::FailOpen => Ok(crate::clock::TenantTime {
+                    now: crate::tenants::now_secs(),
+                    set: false,
+                }),
+                crate::config::OnStoreError::FailClosed => Err(Refusal::StoreUnavailable {
+                    stage: crate::refusal::Stage::Admit,
+                }),
+            }
+        }
+    }
 }

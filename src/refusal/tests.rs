@@ -173,6 +173,33 @@ async fn every_refusal_has_the_problem_shape() {
         Refusal::StoreUnavailable {
             stage: Stage::Identify,
         },
+        Refusal::InvalidDryRunHeader {
+            value: "maybe".into(),
+        },
+        Refusal::DryRunUnsupported {
+            api: "a".into(),
+            mode: "refuse",
+        },
+        Refusal::DryRunRequired {
+            api: "a".into(),
+            method: "DELETE".into(),
+            rule: "apis.a.require_dry_run[0]".into(),
+        },
+        Refusal::InvalidIdempotencyKey {
+            len: 300,
+            why: "is longer than 255 characters",
+        },
+        Refusal::IdempotencyKeyReused {
+            first: "POST /a/x".into(),
+        },
+        Refusal::IdempotencyConflict,
+        Refusal::ClockBackwards {
+            now: "2027-01-01T00:00:00Z".into(),
+            asked: "2026-01-01T00:00:00Z".into(),
+        },
+        Refusal::InvalidClockRequest {
+            why: "body is not a JSON object".into(),
+        },
         Refusal::Internal,
     ];
     let mut codes = std::collections::HashSet::new();
@@ -231,4 +258,40 @@ fn sandgate_violation() -> crate::contract::schema::Violation {
         message: "\"x\" is not of type \"integer\"".into(),
         keyword: "type".into(),
     }
+}
+
+#[test]
+fn a_refusal_stays_small() {
+    // clippy's `result_large_err` threshold: every stage returns
+    // `Result<_, Refusal>`, so a big variant would bloat every return.
+    assert!(
+        std::mem::size_of::<Refusal>() <= 128,
+        "{}",
+        std::mem::size_of::<Refusal>()
+    );
+}
+
+#[tokio::test]
+async fn the_write_refusals_say_what_to_do() {
+    let (status, headers, body) = render(Refusal::DryRunRequired {
+        api: "payments".into(),
+        method: "DELETE".into(),
+        rule: "apis.payments.require_dry_run[0]".into(),
+    })
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_REQUIRED);
+    assert_eq!(body["stage"], "admit");
+    assert_eq!(body["rule"], "apis.payments.require_dry_run[0]");
+    assert!(
+        body["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("X-Dry-Run: true")
+    );
+    let (status, headers2, body) = render(Refusal::IdempotencyConflict).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["stage"], "idempotency");
+    assert_eq!(body["retryable"], true);
+    assert_eq!(headers2[header::RETRY_AFTER], "1");
+    assert!(!headers.contains_key(header::RETRY_AFTER));
 }

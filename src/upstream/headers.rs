@@ -82,8 +82,13 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_SANDGATE_TENANT: HeaderName = HeaderName::from_static("x-sandgate-tenant");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Prepares a client's headers for the backend.
-pub(super) fn prepare_request(headers: &mut HeaderMap, fwd: Forwarded<'_>) {
+const X_DRY_RUN: HeaderName = HeaderName::from_static("x-dry-run");
+const SANDGATE_CLOCK: HeaderName = HeaderName::from_static("sandgate-clock");
+
+/// Prepares a client's headers for the backend. `dry_run` comes from the
+/// request's [`super::Permit`]: only then does the backend see
+/// `X-Dry-Run: true`; a client's own `X-Dry-Run` never passes through.
+pub(super) fn prepare_request(headers: &mut HeaderMap, fwd: Forwarded<'_>, dry_run: bool) {
     // The backend's Host comes from its own URL, set by the client.
     // When the gateway identified the caller, its secret stays here: the
     // backend learns the tenant from X-Sandgate-Tenant instead.
@@ -92,8 +97,23 @@ pub(super) fn prepare_request(headers: &mut HeaderMap, fwd: Forwarded<'_>) {
         n == "host"
             || is_hop_by_hop(n)
             || is_forged_identity(n)
+            || n == "x-dry-run"
             || (authenticated && (n == "authorization" || n == "x-api-key"))
     });
+    if dry_run {
+        headers.insert(X_DRY_RUN, HeaderValue::from_static("true"));
+    }
+    // `sandgate-*` from the client was removed above: only the gateway's
+    // own clock reaches the backend.
+    if let Some(at) = fwd.clock {
+        let text = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(at),
+        )
+        .to_string();
+        if let Some(v) = header_value(&text) {
+            headers.insert(SANDGATE_CLOCK, v);
+        }
+    }
     if let Some(v) = fwd.tenant.and_then(header_value) {
         headers.insert(X_SANDGATE_TENANT, v);
     }
@@ -124,6 +144,8 @@ mod tests {
             ("x-forwarded-client-cert", "Hash=forged"),
             ("x-forwarded-for", "1.2.3.4"),
             ("x-sandgate-tenant", "victim"),
+            ("x-dry-run", "false"),
+            ("sandgate-clock", "2001-01-01T00:00:00Z"),
             ("host", "api.sandbox.example.com"),
             ("accept", "application/json"),
         ] {
@@ -137,7 +159,9 @@ mod tests {
                 host: Some(HeaderValue::from_static("api.sandbox.example.com")),
                 request_id: "req_1",
                 tenant: None,
+                clock: None,
             },
+            false,
         );
         for gone in [
             "connection",
@@ -146,6 +170,8 @@ mod tests {
             "transfer-encoding",
             "x-forwarded-client-cert",
             "x-sandgate-tenant",
+            "x-dry-run",
+            "sandgate-clock",
             "host",
         ] {
             assert!(!h.contains_key(gone), "{gone} should be removed");

@@ -37,6 +37,41 @@ pub struct Forwarded<'a> {
     pub tenant: Option<&'a str>,
     /// The request id, passed on as `X-Request-Id`.
     pub request_id: &'a str,
+    /// The tenant's test-clock time (Unix seconds) when its clock is set,
+    /// passed on as `Sandgate-Clock` (RFC 3339).
+    pub clock: Option<u64>,
+}
+
+/// Permission to send one request to a backend: [`Upstream::forward`]
+/// takes one, and [`Permit::for_request`] is the only way to get one.
+///
+/// Invariant: a dry-run write is never forwarded to a backend that is not
+/// declared `dry_run: forward`. For a dry run, `for_request` gives no
+/// permit unless the API forwards dry runs, and a permit for a dry run
+/// puts `X-Dry-Run: true` on the forwarded request itself (the client's own
+/// `X-Dry-Run` header is always removed), so the backend cannot miss it.
+#[derive(Debug)]
+#[must_use]
+pub struct Permit {
+    dry_run: bool,
+}
+
+impl Permit {
+    /// The permit for a request: always for a normal request; for a dry-run
+    /// write only when the API's backend declared it understands
+    /// `X-Dry-Run` (`mode` is `forward`).
+    pub fn for_request(dry_run: bool, mode: crate::config::DryRunMode) -> Option<Permit> {
+        match (dry_run, mode) {
+            (false, _) => Some(Permit { dry_run: false }),
+            (true, crate::config::DryRunMode::Forward) => Some(Permit { dry_run: true }),
+            (true, _) => None,
+        }
+    }
+
+    /// Whether the forwarded request is a dry run (and says so).
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
 }
 
 /// A configured backend with its connection pool.
@@ -151,8 +186,14 @@ impl Upstream {
 
     /// Forwards `req`, minus the first `strip` bytes of its path (the API's
     /// prefix), and returns the backend's response with its body streaming.
+    /// `permit` says it may go (and whether it goes as a dry run).
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the permit stays a parameter of its own, where no caller can miss it"
+    )]
     pub async fn forward(
         &self,
+        permit: Permit,
         mut parts: http::request::Parts,
         body: crate::body::RequestBody,
         strip: usize,
@@ -178,7 +219,7 @@ impl Upstream {
             .build()
             .map_err(|_| Refusal::Internal)?;
         parts.version = Version::HTTP_11;
-        headers::prepare_request(&mut parts.headers, fwd);
+        headers::prepare_request(&mut parts.headers, fwd, permit.dry_run);
 
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
         // Errors of the client's body are marked, so a client that breaks
@@ -293,4 +334,28 @@ fn client_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ClientBody
 /// A value for `X-Forwarded-For` and friends.
 fn header_value(s: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(s).ok()
+}
+
+#[cfg(test)]
+mod permit_tests {
+    use super::Permit;
+    use crate::config::DryRunMode;
+
+    #[test]
+    fn a_dry_run_gets_a_permit_only_from_a_forwarding_backend() {
+        for mode in [
+            DryRunMode::Simulate,
+            DryRunMode::Forward,
+            DryRunMode::Refuse,
+        ] {
+            let normal = Permit::for_request(false, mode).expect("a normal request goes");
+            assert!(!normal.is_dry_run());
+            let dry = Permit::for_request(true, mode);
+            assert_eq!(
+                dry.map(|p| p.is_dry_run()),
+                (mode == DryRunMode::Forward).then_some(true),
+                "{mode:?}"
+            );
+        }
+    }
 }
