@@ -156,7 +156,7 @@ pub async fn decide(
         inv.arg(q.requests).arg(ttl_ms);
     }
     let mut conn = redis.connection();
-    let out: Vec<i64> = bounded(redis, inv.invoke_async(&mut conn)).await?;
+    let out: Vec<i64> = redis.bounded(inv.invoke_async(&mut conn)).await?;
     match out.as_slice() {
         [0, rest @ ..] => Ok(Outcome::Allowed(standings(rest))),
         [1, index, wait] => Ok(Outcome::Limited {
@@ -180,19 +180,6 @@ pub async fn decide(
         }
         other => Err(StoreError::Corrupt(format!(
             "limit script answered {other:?}"
-        ))),
-    }
-}
-
-async fn bounded<T>(
-    redis: &RedisStore,
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(redis.timeout(), f).await {
-        Ok(r) => r.map_err(|e| StoreError::Unavailable(e.to_string())),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "redis did not answer within {}",
-            humantime::format_duration(redis.timeout())
         ))),
     }
 }

@@ -29,6 +29,11 @@ pub struct RedisStore {
     conn: ConnectionManager,
     timeout: Duration,
     incr: redis::Script,
+    /// Until when (ms after `epoch`) Redis counts as down: set by a
+    /// timeout or a connection failure, for one `timeout`.
+    down_until: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The origin of `down_until`.
+    epoch: std::time::Instant,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -99,6 +104,8 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             timeout,
+            down_until: std::sync::Arc::default(),
+            epoch: std::time::Instant::now(),
             incr: redis::Script::new(
                 r"local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if v == tonumber(ARGV[1]) and tonumber(ARGV[2]) > 0 then
@@ -119,16 +126,49 @@ return v",
         self.timeout
     }
 
-    async fn bounded<T>(
+    /// Runs one Redis operation within `timeout`. A timeout or a broken
+    /// connection marks Redis down for one `timeout`: operations in that
+    /// window fail at once instead of each waiting a full `timeout`, so a
+    /// request that needs the store several times (identity, clock,
+    /// limits) still gets its answer within about one `timeout`, and a
+    /// struggling Redis is not piled on. The first operation after the
+    /// window tries Redis again.
+    pub async fn bounded<T>(
         &self,
         f: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, f).await {
-            Ok(r) => r.map_err(unavailable),
-            Err(_) => Err(unavailable(format!(
-                "redis did not answer within {}",
+        use std::sync::atomic::Ordering;
+        let now = || u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if now() < self.down_until.load(Ordering::Relaxed) {
+            return Err(unavailable(format!(
+                "redis failed less than {} ago; not asked again yet",
                 humantime::format_duration(self.timeout)
-            ))),
+            )));
+        }
+        let trip = || {
+            let window = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+            self.down_until
+                .store(now().saturating_add(window), Ordering::Relaxed);
+        };
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_connection_refusal()
+                    || e.is_timeout()
+                {
+                    trip();
+                }
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                trip();
+                Err(unavailable(format!(
+                    "redis did not answer within {}",
+                    humantime::format_duration(self.timeout)
+                )))
+            }
         }
     }
 
