@@ -111,8 +111,36 @@ pub async fn run(
     let (parts, body) = req.into_parts();
     let (body, report) =
         validate::validate(&routed, &parts, crate::body::RequestBody::Streaming(body)).await?;
+    // The tenant's state, for a stateful facade API: its store, plan
+    // storage, clock and whether writes commit.
+    // Seams: `now` becomes the tenant's test clock, `commit` false for a
+    // dry run (X-Dry-Run).
+    let state = principal
+        .as_ref()
+        .filter(|_| routed.api.state.is_some())
+        .map(|p| crate::state::Ctx {
+            store: registry.store(),
+            tenant: &p.tenant.id,
+            plan: &p.tenant.plan,
+            storage: sandbox
+                .plans
+                .get(&p.tenant.plan)
+                .or_else(|| sandbox.plans.get(&sandbox.plans.default_plan))
+                .and_then(|plan| plan.storage),
+            now: crate::tenants::now_secs(),
+            commit: true,
+        });
     // dispatch: answer from the facade or forward to the backend.
-    let mut resp = dispatch::dispatch(routed, parts, body, conn, principal.as_ref(), facts).await?;
+    let mut resp = dispatch::dispatch(
+        routed,
+        parts,
+        body,
+        conn,
+        principal.as_ref(),
+        state.as_ref(),
+        facts,
+    )
+    .await?;
     if let Some(report) = report {
         resp.headers_mut()
             .insert(validate::SANDGATE_VALIDATION, report);
