@@ -61,7 +61,8 @@ struct ActionConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatePatch {
-    /// RFC 7396 merge patch onto the stored object; the text `{id}` in a
+    /// Merge patch onto the stored object: objects merge key by key, and
+    /// (unlike RFC 7396) `null` sets a field to null; the text `{id}` in a
     /// string is replaced by the object's id.
     #[serde(default)]
     pub merge: Option<Value>,
@@ -424,7 +425,7 @@ fn prepare(
 }
 
 /// RFC 7396 JSON merge patch.
-pub fn merge_patch(mut target: Value, patch: &Value) -> Value {
+fn merge_patch(mut target: Value, patch: &Value) -> Value {
     let Value::Object(p) = patch else {
         return patch.clone();
     };

@@ -24,7 +24,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 
 use crate::body::{Body, full};
-use crate::facade::scenarios::{Answer, Matched, StatePatch, merge_patch};
+use crate::facade::scenarios::{Answer, Matched, StatePatch};
 use crate::refusal::{Refusal, Stage};
 use crate::sandbox::Api;
 use crate::store::{SharedStore, StoreError};
@@ -163,6 +163,25 @@ fn set_pointer(v: &mut Value, pointer: &str, value: Value) {
     }
 }
 
+/// A merge patch in which `null` *sets* null (a stored object keeps its
+/// nullable fields, such as `next_action: null`), objects merge key by key
+/// and anything else replaces.
+fn merge_set(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                match t.get_mut(k) {
+                    Some(cur) if cur.is_object() && v.is_object() => merge_set(cur, v),
+                    _ => {
+                        t.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
 /// Applies a scenario outcome's `state` patch to `object`.
 pub fn apply_patch(
     object: &mut Value,
@@ -178,7 +197,7 @@ pub fn apply_patch(
     if let Some(m) = &patch.merge {
         let mut m = m.clone();
         replace_strings(&mut m, "{id}", &id);
-        *object = merge_patch(std::mem::take(object), &m);
+        merge_set(object, &m);
     }
     let sources = json!({
         "object": object.clone(),

@@ -5,8 +5,9 @@
 //! segment (`/v1/customers/{customer}`) is its *item*. GET on the item
 //! reads, PATCH / PUT / POST updates, DELETE deletes; GET on the collection
 //! lists. A POST below the item (`/v1/payment_intents/{intent}/confirm`) is
-//! an *action* on the object (scenario rules move it). `apis[].state`
-//! overrides any of this.
+//! an *action* on the object (scenario rules move it); so is a nested
+//! collection (`/v1/customers/{customer}/sources`) in this version.
+//! `apis[].state` overrides any of this.
 
 use std::collections::HashMap;
 
@@ -161,6 +162,20 @@ impl State {
                 continue;
             };
             if create.method != http::Method::POST {
+                continue;
+            }
+            // A POST below another resource's item path is an action on
+            // that item (`/v1/payment_intents/{intent}/confirm`), not a
+            // collection of its own.
+            let below_an_item = ops.iter().any(|o| {
+                let s = segments(&o.template);
+                o.method == http::Method::POST
+                    && !s.is_empty()
+                    && segs.len() > s.len() + 1
+                    && segs.starts_with(&s)
+                    && is_param(segs[s.len()])
+            });
+            if below_an_item {
                 continue;
             }
             let over = cfg.resources.get(*name);

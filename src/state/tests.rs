@@ -71,3 +71,40 @@ fn item_ids_come_from_the_first_parameter() {
     );
     assert_eq!(item_id("/v1/customers", "/v1/customers"), None);
 }
+
+#[test]
+fn the_demo_contract_has_three_resources_and_one_action() {
+    let source = crate::config::Source::Dir(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let contract =
+        crate::contract::Contract::load(&source, std::path::Path::new("contracts/payments.yaml"))
+            .expect("the demo contract loads");
+    let state = State::compile(
+        &contract,
+        &config::StateConfig::default(),
+        std::path::Path::new("x"),
+        0,
+    )
+    .expect("compiles");
+    let names: Vec<&str> = state.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["customers", "payment_intents", "refunds"]);
+    let prefixes: Vec<&str> = state.resources.iter().map(|r| r.prefix.as_str()).collect();
+    assert_eq!(prefixes, ["cus_", "pi_", "re_"]);
+    let role = |id: &str| {
+        let i = contract
+            .operations
+            .iter()
+            .position(|o| o.id == id)
+            .expect("op");
+        state.roles[i].map(|(r, role)| (state.resources[r].name.as_str(), role))
+    };
+    assert_eq!(
+        role("confirmPaymentIntent"),
+        Some(("payment_intents", Role::Action))
+    );
+    assert_eq!(role("updateCustomer"), Some(("customers", Role::Update)));
+    assert_eq!(role("listCustomers"), Some(("customers", Role::List)));
+    assert_eq!(
+        role("getPaymentIntent"),
+        Some(("payment_intents", Role::Read))
+    );
+}
