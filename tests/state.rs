@@ -595,15 +595,17 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
+        // Owned by the guard from here on: killed and waited for on drop.
+        let redis = Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
         for _ in 0..200 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
             {
-                return Redis {
-                    child,
-                    url: format!("redis://127.0.0.1:{port}/0"),
-                };
+                return redis;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
