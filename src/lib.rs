@@ -37,6 +37,7 @@ pub mod refusal;
 pub mod run;
 pub mod sandbox;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod tenant_api;

@@ -308,6 +308,42 @@ pub enum Refusal {
         /// When it resets (Unix seconds; `None` for a lifetime quota).
         resets_at: Option<u64>,
     },
+    /// Storing the object would take the tenant past its plan's `storage`.
+    StorageQuotaExceeded {
+        /// The tenant.
+        tenant: String,
+        /// Its plan.
+        plan: String,
+        /// The plan's storage, bytes.
+        limit: u64,
+        /// Bytes stored now.
+        used: u64,
+        /// Bytes the write needs.
+        needed: u64,
+    },
+    /// The object a stateful request would store or answer does not match
+    /// the contract's response schema.
+    StateObjectInvalid {
+        /// The API.
+        api: String,
+        /// The operation.
+        operation: String,
+        /// Where in the object (JSON pointer).
+        pointer: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A `/_sandbox/` test helper action does not apply to the object in
+    /// its current state.
+    ActionNotApplicable {
+        /// The action.
+        action: String,
+        /// The object's id.
+        id: String,
+        /// What it needs and what the object has, e.g.
+        /// `status "requires_action" (it has "succeeded")`.
+        needs: String,
+    },
     /// A value a scenario rule keys on looks like a real card number.
     RealCardNumber {
         /// The API.
@@ -498,6 +534,9 @@ impl Refusal {
             Refusal::IssuerKeysUnavailable { .. } => "issuer_keys_unavailable",
             Refusal::InvalidRequest { .. } => "invalid_request",
             Refusal::RealCardNumber { .. } => "real_card_number",
+            Refusal::StorageQuotaExceeded { .. } => "storage_quota_exceeded",
+            Refusal::StateObjectInvalid { .. } => "state_object_invalid",
+            Refusal::ActionNotApplicable { .. } => "action_not_applicable",
             Refusal::UnsatisfiablePreference { .. } => "unsatisfiable_preference",
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::QuotaExhausted { .. } => "quota_exhausted",
@@ -577,9 +616,11 @@ impl Refusal {
             | Refusal::InvalidRequest { .. }
             | Refusal::RealCardNumber { .. } => StatusCode::BAD_REQUEST,
             Refusal::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Refusal::ExtensionLimit { .. } | Refusal::UnsatisfiablePreference { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Refusal::ExtensionLimit { .. }
+            | Refusal::UnsatisfiablePreference { .. }
+            | Refusal::StateObjectInvalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::StorageQuotaExceeded { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::ActionNotApplicable { .. } => StatusCode::CONFLICT,
             Refusal::CapacityReached { .. }
             | Refusal::RateLimited { .. }
             | Refusal::QuotaExhausted { .. }
@@ -623,6 +664,9 @@ impl Refusal {
             | Refusal::LimitsUnavailable { .. } => Stage::Limit,
             Refusal::NoExample { .. }
             | Refusal::RealCardNumber { .. }
+            | Refusal::StorageQuotaExceeded { .. }
+            | Refusal::StateObjectInvalid { .. }
+            | Refusal::ActionNotApplicable { .. }
             | Refusal::UnsatisfiablePreference { .. }
             | Refusal::UpstreamUnavailable { .. }
             | Refusal::UpstreamTimeout { .. }
@@ -700,6 +744,9 @@ impl Refusal {
             Refusal::IssuerKeysUnavailable { .. } => "Issuer's keys unavailable",
             Refusal::InvalidRequest { .. } => "Request does not match the contract",
             Refusal::RealCardNumber { .. } => "Real card number refused",
+            Refusal::StorageQuotaExceeded { .. } => "Storage quota exceeded",
+            Refusal::StateObjectInvalid { .. } => "Object would not match the contract",
+            Refusal::ActionNotApplicable { .. } => "Action does not apply",
             Refusal::UnsatisfiablePreference { .. } => "Preferred response not documented",
             Refusal::RateLimited { .. } => "Rate limit reached",
             Refusal::QuotaExhausted { .. } => "Quota used up",
@@ -781,6 +828,9 @@ impl Refusal {
                 Some(format!("apis.{api}.validate"))
             }
             Refusal::RealCardNumber { api, .. } => Some(format!("apis.{api}.scenarios")),
+            Refusal::StorageQuotaExceeded { plan, .. } => Some(format!("plans.{plan}.storage")),
+            Refusal::StateObjectInvalid { api, .. } => Some(format!("apis.{api}.state")),
+            Refusal::ActionNotApplicable { .. } => None,
             Refusal::UnsatisfiablePreference { api, .. } => Some(format!("apis.{api}.contract")),
             Refusal::RateLimited { rule, .. } | Refusal::QuotaExhausted { rule, .. } => {
                 Some(rule.clone())
@@ -969,6 +1019,26 @@ impl Refusal {
                     "Sandbox '{tenant}' (plan '{plan}') has used its lifetime quota of {requests} requests."
                 ),
             },
+            Refusal::StorageQuotaExceeded {
+                tenant,
+                plan,
+                limit,
+                used,
+                needed,
+            } => format!(
+                "Sandbox '{tenant}' (plan '{plan}') stores {used} bytes of state; this write needs {needed} more and the plan allows {limit}."
+            ),
+            Refusal::StateObjectInvalid {
+                api,
+                operation,
+                pointer,
+                message,
+            } => format!(
+                "The object this request to API '{api}' (operation '{operation}') would store or answer does not match the contract at {pointer}: {message}. Nothing was stored."
+            ),
+            Refusal::ActionNotApplicable { action, id, needs } => {
+                format!("Action '{action}' needs '{id}' to have {needs}.")
+            }
             Refusal::RealCardNumber { api, pointer } => format!(
                 "The value at {pointer} of this request to API '{api}' looks like a real card number. This is a sandbox: never send real card data to it. The number was not stored or logged."
             ),
@@ -1195,6 +1265,15 @@ impl Refusal {
                 Some(_) => "Wait until the quota resets (Retry-After), or ask for a bigger plan.".into(),
                 None => "Ask your sandbox contact for a bigger plan, or reset the sandbox's usage.".into(),
             },
+            Refusal::StorageQuotaExceeded { .. } => {
+                "Delete objects you no longer need, reset the sandbox (POST /_sandbox/reset), or ask for a plan with more storage.".into()
+            }
+            Refusal::StateObjectInvalid { .. } => {
+                "Change the field named in the detail; if the request is valid, the sandbox's contract or configuration needs fixing: report the request id to its operators.".into()
+            }
+            Refusal::ActionNotApplicable { .. } => {
+                "Bring the object into the state the action needs first (for example, confirm a payment intent with pm_card_authenticationRequired before authenticating it).".into()
+            }
             Refusal::RealCardNumber { .. } => {
                 "Use a test card number (4242424242424242 succeeds, 4000000000000002 is declined) or a test payment method such as pm_card_visa.".into()
             }
@@ -1358,6 +1437,23 @@ impl Refusal {
                     .map(|(p, m)| json!({"pointer": p, "message": m}))
                     .collect();
                 body.insert("errors".into(), Value::Array(list));
+            }
+            Refusal::StorageQuotaExceeded {
+                tenant,
+                plan,
+                limit,
+                used,
+                needed,
+            } => {
+                body.insert("tenant".into(), json!(tenant));
+                body.insert("plan".into(), json!(plan));
+                body.insert(
+                    "storage".into(),
+                    json!({"limit": limit, "used": used, "needed": needed}),
+                );
+            }
+            Refusal::StateObjectInvalid { pointer, .. } => {
+                body.insert("pointer".into(), json!(pointer));
             }
             Refusal::UnknownApi { apis, .. } => {
                 let list: Vec<Value> = apis

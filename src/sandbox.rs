@@ -64,6 +64,8 @@ pub struct Api {
     pub scenarios: Option<crate::facade::scenarios::Scenarios>,
     /// Fixtures (facade).
     pub fixtures: Option<crate::facade::fixtures::Fixtures>,
+    /// Per-tenant state (facade APIs with `state`).
+    pub state: Option<crate::state::State>,
     /// Checks live backend responses against the contract (APIs that
     /// proxy and have a contract, unless `drift.sample` is 0).
     pub drift: Option<crate::drift::Checker>,
@@ -124,6 +126,8 @@ pub struct Sandbox {
     pub public_url: String,
     /// Plans and their limits (`policies/*.yaml`).
     pub plans: crate::limits::Plans,
+    /// Seed profiles (`seeds/*.yaml`).
+    pub seeds: crate::state::seed::Seeds,
 }
 
 impl Sandbox {
@@ -285,6 +289,34 @@ impl Sandbox {
                     }
                 },
             };
+            let state = match (&a.state, &contract) {
+                (None, _) => None,
+                (Some(_), _) if a.mode.value != crate::config::Mode::Facade => {
+                    errors.push(ConfigError::new(
+                        &file,
+                        a.mode.referenced.line(),
+                        format!("API `{name}` has `state` but is not `mode: facade`"),
+                    ));
+                    None
+                }
+                (Some(_), None) => {
+                    errors.push(ConfigError::new(
+                        &file,
+                        a.name.referenced.line(),
+                        format!("API `{name}` has `state` but no `contract`"),
+                    ));
+                    None
+                }
+                (Some(cfg), Some(c)) => {
+                    match crate::state::State::compile(c, cfg, &file, a.name.referenced.line()) {
+                        Ok(s) => Some(s),
+                        Err(es) => {
+                            errors.extend(es);
+                            None
+                        }
+                    }
+                }
+            };
             let drift = contract
                 .as_ref()
                 .filter(|_| a.mode.value.uses_upstream())
@@ -378,6 +410,7 @@ impl Sandbox {
                 validate: a.validate,
                 scenarios,
                 fixtures,
+                state,
                 drift,
                 recorder,
                 timeout: api_timeout,
@@ -402,6 +435,13 @@ impl Sandbox {
                 crate::limits::Plans::default()
             }
         };
+        let seeds = match crate::state::seed::Seeds::load(source, &apis) {
+            Ok(s) => s,
+            Err(es) => {
+                errors.extend(es);
+                crate::state::seed::Seeds::default()
+            }
+        };
         if !errors.is_empty() {
             errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             return Err(ConfigErrors(errors));
@@ -414,6 +454,7 @@ impl Sandbox {
         static SANDBOX_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(Sandbox {
             plans,
+            seeds,
             id: SANDBOX_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             hosts: config
                 .hosts

@@ -6,10 +6,16 @@
 //! GET    /_sandbox/clock    the tenant's test clock
 //! POST   /_sandbox/clock    {"frozen_time": "2027-01-01T00:00:00Z"} or {"advance": "30d"}
 //! DELETE /_sandbox/clock    back to real time
+//! POST   /_sandbox/reset    wipe its state, idempotency records and clock,
+//!                           then load its seed profile again
+//! POST   /_sandbox/{resource}/{id}/{action}
+//!                           a scenario file's test helper action,
+//!                           e.g. payment_intents/pi_…/authenticate
 //! ```
 //!
-//! A clock change with `X-Dry-Run: true` answers what the clock would
-//! show and changes nothing.
+//! With `X-Dry-Run: true`, a clock change answers what the clock would
+//! show, an action the object it would leave, and a reset only that it
+//! would happen; none of them changes anything.
 //!
 //! They exist only when the sandbox has tenants (`auth.api_keys` is
 //! configured); otherwise the path is an unknown API like any other.
@@ -36,6 +42,10 @@ pub enum Endpoint {
     Usage,
     /// `GET`, `POST`, `DELETE /_sandbox/clock`.
     Clock,
+    /// `POST /_sandbox/reset`.
+    Reset,
+    /// `POST /_sandbox/{resource}/{id}/{action}`.
+    Action,
 }
 
 impl Endpoint {
@@ -44,6 +54,7 @@ impl Endpoint {
         match self {
             Endpoint::Usage => &["GET", "HEAD"],
             Endpoint::Clock => &["GET", "HEAD", "POST", "DELETE"],
+            Endpoint::Reset | Endpoint::Action => &["POST"],
         }
     }
 }
@@ -57,7 +68,12 @@ pub fn endpoint(sandbox: &Sandbox, path: &str) -> Option<Endpoint> {
     match path {
         "/_sandbox/usage" => Some(Endpoint::Usage),
         "/_sandbox/clock" => Some(Endpoint::Clock),
-        _ => None,
+        "/_sandbox/reset" => Some(Endpoint::Reset),
+        _ => {
+            let rest = path.strip_prefix(PREFIX)?;
+            (rest.split('/').count() == 3 && rest.split('/').all(|s| !s.is_empty()))
+                .then_some(Endpoint::Action)
+        }
     }
 }
 
@@ -103,7 +119,114 @@ pub async fn serve(
             })))
         }
         Endpoint::Clock => clock(registry, &principal.tenant.id, req, dry_run).await,
+        Endpoint::Reset if dry_run => Ok(json_response(&json!({
+            "sandbox_id": principal.tenant.id,
+            "reset": false,
+            "simulated": true,
+        }))),
+        Endpoint::Reset => {
+            let (removed, sample_data) =
+                crate::state::seed::reset(sandbox, registry, &principal.tenant)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "sandbox reset failed");
+                        match e {
+                            crate::state::seed::SeedError::Store(_) => Refusal::StoreUnavailable {
+                                stage: Stage::Dispatch,
+                            },
+                            _ => Refusal::Internal,
+                        }
+                    })?;
+            tracing::info!(sandbox_id = %principal.tenant.id, removed, "sandbox reset by its tenant");
+            Ok(json_response(&json!({
+                "sandbox_id": principal.tenant.id,
+                "reset": true,
+                "removed": removed,
+                "sample_data": sample_data,
+            })))
+        }
+        Endpoint::Action => {
+            let path = req.uri().path().to_owned();
+            let mut parts = path.trim_start_matches(PREFIX).split('/');
+            let (Some(resource), Some(id), Some(action)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(Refusal::Internal);
+            };
+            let at = ActionAt {
+                resource,
+                id,
+                action,
+                path: &path,
+            };
+            action_helper(sandbox, registry, &principal, at, dry_run).await
+        }
     }
+}
+
+/// Where a test helper action applies: `/_sandbox/{resource}/{id}/{action}`.
+struct ActionAt<'a> {
+    resource: &'a str,
+    id: &'a str,
+    action: &'a str,
+    path: &'a str,
+}
+
+/// Runs a test helper action of the first stateful API (enabled for the
+/// tenant) whose scenario file defines `action` for `resource`.
+async fn action_helper(
+    sandbox: &Sandbox,
+    registry: &Registry,
+    principal: &crate::pipeline::identify::Principal,
+    at: ActionAt<'_>,
+    dry_run: bool,
+) -> Result<Response<Body>, Refusal> {
+    let ActionAt {
+        resource,
+        id,
+        action,
+        path,
+    } = at;
+    let tenant = &principal.tenant;
+    let found = sandbox.apis.iter().find_map(|api| {
+        let state = api.state.as_ref()?;
+        let a = api.scenarios.as_ref()?.actions.get(action)?;
+        (a.resource == resource
+            && tenant
+                .features_enabled
+                .as_ref()
+                .is_none_or(|f| f.iter().any(|n| **n == *api.name)))
+        .then_some((api, state, a))
+    });
+    let Some((api, state, a)) = found else {
+        return Err(Refusal::UnknownApi {
+            path: path.to_owned(),
+            apis: sandbox.api_list.clone(),
+        });
+    };
+    crate::pipeline::admit::admit(api, principal, crate::tenants::now_secs())?;
+    let now = crate::clock::tenant_now(registry, &tenant.id)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "store failed reading the tenant's clock");
+            Refusal::StoreUnavailable {
+                stage: Stage::Sandbox,
+            }
+        })?
+        .now;
+    let ctx = crate::state::Ctx {
+        store: registry.store(),
+        tenant: &tenant.id,
+        plan: &tenant.plan,
+        storage: sandbox
+            .plans
+            .get(&tenant.plan)
+            .or_else(|| sandbox.plans.get(&sandbox.plans.default_plan))
+            .and_then(|p| p.storage),
+        now,
+        commit: !dry_run,
+    };
+    crate::state::helper(api, state, a, action, id, &ctx).await
 }
 
 /// The test clock: read, freeze or advance, or return to real time.

@@ -431,10 +431,24 @@ impl Registry {
         Ok(swept)
     }
 
-    /// Wipes a tenant's sandbox data (not its credentials); returns how many
-    /// entries were removed.
+    /// Wipes a tenant's sandbox data: its state, idempotency records and
+    /// test clock ([`keys::RESETTABLE`]); returns how many entries were
+    /// removed. Its credentials and its quota and rate counters remain, so
+    /// a reset never gives a tenant a fresh allowance.
     pub async fn reset(&self, id: &str) -> Result<u64, StoreError> {
-        self.store.delete_prefix(&keys::tenant(id)).await
+        let mut removed = 0;
+        for rest in keys::RESETTABLE {
+            let key = keys::tenant_key(id, rest);
+            removed += if rest.ends_with('/') {
+                self.store.delete_prefix(&key).await?
+            } else {
+                u64::from(self.store.delete(&key).await?)
+            };
+        }
+        // This process's cached clock goes with it (other replicas' caches
+        // expire within a second).
+        crate::clock::invalidate(self, id);
+        Ok(removed)
     }
 }
 

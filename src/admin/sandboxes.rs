@@ -138,7 +138,7 @@ pub async fn handle(
         (Method::POST, [id, "extend"]) => extend(gw, sandbox, id, req.into_body()).await,
         (Method::PATCH, [id]) => update(gw, sandbox, id, req.into_body()).await,
         (Method::DELETE, [id]) => deactivate(gw, id).await,
-        (Method::POST, [id, "reset"]) => reset(gw, id).await,
+        (Method::POST, [id, "reset"]) => reset(gw, sandbox, id).await,
         _ => Err(not_found()),
     }
 }
@@ -204,6 +204,22 @@ async fn create(
     {
         errors.push(error);
     }
+    if let Some(p) = &r.sample_data_persona
+        && !sandbox.seeds.profiles.contains_key(p)
+    {
+        let known: Vec<&str> = sandbox.seeds.profiles.keys().map(String::as_str).collect();
+        errors.push((
+            "/sample_data_persona".into(),
+            format!(
+                "`{p}` is not a seed profile of this sandbox ({})",
+                if known.is_empty() {
+                    "it has none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    }
     if !errors.is_empty() {
         return Err(Refusal::InvalidBody { errors });
     }
@@ -237,6 +253,19 @@ async fn create(
     tenant.sample_data_persona = r.sample_data_persona;
     tenant.mtls_identities = r.mtls_identities;
     registry.put(&tenant).await.map_err(store_err)?;
+    let sample_data = match &tenant.sample_data_persona {
+        Some(p) => crate::state::seed::load(
+            &sandbox.seeds,
+            &sandbox.apis,
+            registry.store(),
+            &tenant.id,
+            tenant.created_at,
+            p,
+        )
+        .await
+        .map_err(seed_err)?,
+        None => Default::default(),
+    };
     tracing::info!(sandbox_id = %tenant.id, deal_id = ?tenant.deal_id, "sandbox provisioned");
     let body = json!({
         "sandbox_id": tenant.id,
@@ -256,7 +285,7 @@ async fn create(
         "expires_at": rfc3339(tenant.expires_at),
         "status": "ready",
         "plan": tenant.plan,
-        "sample_data": {},
+        "sample_data": sample_data,
     });
     let mut resp = json_response(StatusCode::CREATED, &body);
     if let Ok(v) = HeaderValue::from_str(&format!("/internal/sandboxes/{}/status", tenant.id)) {
@@ -443,14 +472,29 @@ async fn deactivate(gw: &Gateway, id: &str) -> Result<Response<Body>, Refusal> {
     Ok(json_response(StatusCode::OK, &v))
 }
 
-async fn reset(gw: &Gateway, id: &str) -> Result<Response<Body>, Refusal> {
+async fn reset(gw: &Gateway, sandbox: &Sandbox, id: &str) -> Result<Response<Body>, Refusal> {
     let t = load(gw, id).await?;
     if t.deactivated_at.is_some() {
         return Err(Refusal::SandboxDeactivated { id: t.id });
     }
-    let removed = gw.registry().reset(&t.id).await.map_err(store_err)?;
+    let (removed, sample_data) = crate::state::seed::reset(sandbox, gw.registry(), &t)
+        .await
+        .map_err(seed_err)?;
+    tracing::info!(sandbox_id = %t.id, removed, "sandbox reset by the admin API");
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "sandbox_id": t.id, "reset": true, "removed": removed }),
+        &json!({ "sandbox_id": t.id, "reset": true, "removed": removed, "sample_data": sample_data }),
     ))
+}
+
+/// A seed that cannot be loaded: the store failed, or the profile no
+/// longer fits the loaded configuration (an operator's problem).
+fn seed_err(e: crate::state::seed::SeedError) -> Refusal {
+    match e {
+        crate::state::seed::SeedError::Store(e) => store_err(e),
+        other => {
+            tracing::error!(error = %other, "seed profile could not be loaded");
+            Refusal::Internal
+        }
+    }
 }

@@ -533,6 +533,10 @@ pub struct ApiConfig {
     /// What `record` mode writes (it writes into `fixtures`).
     #[serde(default)]
     pub record: RecordConfig,
+    /// Per-tenant state for a `facade` API (`state: {}` turns it on):
+    /// resources inferred from the contract, overridable here. Absent: the
+    /// API is stateless.
+    pub state: Option<crate::state::config::StateConfig>,
     /// Checking live backend responses against the contract (`upstream`,
     /// `hybrid` and `record` APIs that have a `contract`).
     #[serde(default)]

@@ -36,6 +36,52 @@ struct ScenarioFile {
     outcomes: BTreeMap<String, OutcomeConfig>,
     /// The rules, tried in order.
     rules: Vec<RuleConfig>,
+    /// Test helpers that move a stored object (stateful APIs only), by
+    /// name: `POST /_sandbox/{resource}/{id}/{action}`.
+    #[serde(default)]
+    actions: BTreeMap<String, ActionConfig>,
+}
+
+/// A test helper that moves a stored object by an outcome's `state` patch,
+/// such as completing a 3-D Secure challenge.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionConfig {
+    /// The resource it applies to (`payment_intents`).
+    resource: String,
+    /// Top-level fields the stored object must have (`{status: requires_action}`).
+    #[serde(default)]
+    when: serde_json::Map<String, Value>,
+    /// The outcome whose `state` patch is applied.
+    outcome: Spanned<String>,
+}
+
+/// How an outcome moves a stored object (stateful APIs): a JSON merge
+/// patch, then values copied by JSON pointer.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatePatch {
+    /// Merge patch onto the stored object: objects merge key by key, and
+    /// (unlike RFC 7396) `null` sets a field to null; the text `{id}` in a
+    /// string is replaced by the object's id.
+    #[serde(default)]
+    pub merge: Option<Value>,
+    /// Object pointer → source pointer into
+    /// `{"object": stored object, "request": request body, "answer": outcome body}`;
+    /// a source that is absent is skipped.
+    #[serde(default)]
+    pub copy: BTreeMap<String, String>,
+}
+
+/// A compiled test helper action.
+#[derive(Debug, Clone)]
+pub struct Action {
+    /// The resource it applies to.
+    pub resource: String,
+    /// Fields the stored object must have.
+    pub when: serde_json::Map<String, Value>,
+    /// The patch applied.
+    pub patch: StatePatch,
 }
 
 /// What an outcome answers.
@@ -55,6 +101,8 @@ struct OutcomeConfig {
     /// timeout.
     #[serde(default)]
     timeout: bool,
+    /// How the outcome moves the stored object of a stateful API.
+    state: Option<StatePatch>,
 }
 
 /// One rule.
@@ -89,13 +137,15 @@ struct Rule {
     name: String,
     key: String,
     card_numbers: bool,
-    table: HashMap<String, Answer>,
+    table: HashMap<String, (Answer, Option<StatePatch>)>,
 }
 
 /// The scenario rules of one API, by operation index.
 #[derive(Debug, Default)]
 pub struct Scenarios {
     by_operation: Vec<Vec<Rule>>,
+    /// Test helper actions by name.
+    pub actions: BTreeMap<String, Action>,
 }
 
 /// The result of matching a request.
@@ -109,6 +159,8 @@ pub enum Matched<'a> {
         rule: &'a str,
         /// Its answer.
         answer: &'a Answer,
+        /// How it moves a stored object, when the API is stateful.
+        state: Option<&'a StatePatch>,
     },
     /// A real-looking card number at `pointer`.
     RealCard {
@@ -206,7 +258,7 @@ impl Scenarios {
                             }
                         });
                     if let Some(answer) = answer {
-                        table.insert(value.clone(), answer.clone());
+                        table.insert(value.clone(), (answer.clone(), outcome.state.clone()));
                     }
                 }
                 by_operation[index].push(Rule {
@@ -217,8 +269,38 @@ impl Scenarios {
                 });
             }
         }
+        let mut actions = BTreeMap::new();
+        for (name, a) in &cfg.actions {
+            match cfg
+                .outcomes
+                .get(&a.outcome.value)
+                .and_then(|o| o.state.clone())
+            {
+                Some(patch) => {
+                    actions.insert(
+                        name.clone(),
+                        Action {
+                            resource: a.resource.clone(),
+                            when: a.when.clone(),
+                            patch,
+                        },
+                    );
+                }
+                None => errors.push(ConfigError::new(
+                    &path,
+                    a.outcome.referenced.line(),
+                    format!(
+                        "action `{name}`: outcome `{}` does not exist or has no `state` patch",
+                        a.outcome.value
+                    ),
+                )),
+            }
+        }
         if errors.is_empty() {
-            Ok(Scenarios { by_operation })
+            Ok(Scenarios {
+                by_operation,
+                actions,
+            })
         } else {
             Err(errors)
         }
@@ -244,10 +326,11 @@ impl Scenarios {
                 // `4242 4242 4242 4242` is `4242424242424242`.
                 text.retain(|c| c != ' ' && c != '-');
             }
-            if let Some(answer) = rule.table.get(&text) {
+            if let Some((answer, state)) = rule.table.get(&text) {
                 return Matched::Answer {
                     rule: &rule.name,
                     answer,
+                    state: state.as_ref(),
                 };
             }
             if rule.card_numbers && looks_like_card(&text) {

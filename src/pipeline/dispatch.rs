@@ -34,6 +34,8 @@ pub enum AnswerSource {
     Generated,
     /// The contract's documented example.
     Example,
+    /// The tenant's stored state.
+    State,
     /// The real sandbox backend.
     Upstream,
     /// A dry run on an API without a contract: what the gateway checked.
@@ -50,6 +52,7 @@ impl AnswerSource {
             AnswerSource::Fixture => "fixture",
             AnswerSource::Generated => "generated",
             AnswerSource::Example => "example",
+            AnswerSource::State => "state",
             AnswerSource::Upstream => "upstream",
             AnswerSource::Simulated => "simulated",
             AnswerSource::Replayed => "replayed",
@@ -64,6 +67,7 @@ pub async fn dispatch(
     body: RequestBody,
     conn: &Arc<ConnInfo>,
     principal: Option<&Principal>,
+    state: Option<&crate::state::Ctx<'_>>,
     facts: &mut RequestFacts,
 ) -> Result<Response<Body>, Refusal> {
     let api = routed.api;
@@ -83,7 +87,7 @@ pub async fn dispatch(
             // Read (within its limit) even when no rule looks at it, so an
             // oversized chunked upload is refused, not ignored.
             let bytes = read(api, body).await?;
-            facade(&routed, &parts, &bytes, conn, facts).await
+            facade(&routed, &parts, &bytes, conn, state, facts).await
         }
         Mode::Upstream => proxy(&routed, parts, body, conn, principal, facts).await,
         Mode::Hybrid => {
@@ -191,7 +195,7 @@ async fn rules(
         && let Some(value) = typed
     {
         match scenarios.find(index, value) {
-            Matched::Answer { rule, answer } => {
+            Matched::Answer { rule, answer, .. } => {
                 facts.source = Some(AnswerSource::Scenario);
                 return Some(crate::facade::scenario(api, rule, answer).await);
             }
@@ -223,13 +227,15 @@ async fn rules(
     None
 }
 
-/// The facade: Prefer, scenario rules, fixtures, the documented example,
-/// a generated response.
+/// The facade: Prefer, the tenant's state (which applies scenario rules
+/// to stored objects itself), scenario rules, fixtures, the documented
+/// example, a generated response.
 async fn facade(
     routed: &Routed<'_>,
     parts: &Parts,
     bytes: &bytes::Bytes,
     conn: &ConnInfo,
+    state: Option<&crate::state::Ctx<'_>>,
     facts: &mut RequestFacts,
 ) -> Result<Response<Body>, Refusal> {
     let api = routed.api;
@@ -247,6 +253,20 @@ async fn facade(
     if let Some(answer) = crate::facade::preferred(&api.name, contract, op, &parts.headers, seed) {
         facts.source = Some(AnswerSource::Example);
         return answer;
+    }
+    // 0b. The tenant's state answers the operations of its resources.
+    if let (Some(ctx), Some(compiled), Some(index)) = (state, &api.state, routed.operation) {
+        let typed = typed_body(routed, parts, bytes);
+        let req = crate::state::Request {
+            op: index,
+            path: routed.api_path(parts.uri.path()),
+            query: parts.uri.query(),
+            body: typed.as_ref(),
+        };
+        if let Some(answer) = crate::state::answer(api, compiled, req, ctx).await {
+            facts.source = Some(AnswerSource::State);
+            return answer;
+        }
     }
     let wants_body = routed
         .operation
@@ -346,7 +366,7 @@ async fn simulate(
     let api = routed.api;
     let bytes = read(api, body).await?;
     if api.contract.is_some() && routed.operation.is_some() {
-        return facade(routed, parts, &bytes, conn, facts).await;
+        return facade(routed, parts, &bytes, conn, None, facts).await;
     }
     let answer = serde_json::json!({
         "object": "dry_run",

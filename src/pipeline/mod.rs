@@ -168,8 +168,34 @@ pub async fn run(
         }
         idempotency::Outcome::Proceed { claim, body } => (claim, body),
     };
+    // The tenant's state, for a stateful facade API: its store, plan
+    // storage, its clock's time, and whether writes commit (not in a dry run).
+    let state = principal
+        .as_ref()
+        .filter(|_| routed.api.state.is_some())
+        .map(|p| crate::state::Ctx {
+            store: registry.store(),
+            tenant: &p.tenant.id,
+            plan: &p.tenant.plan,
+            storage: sandbox
+                .plans
+                .get(&p.tenant.plan)
+                .or_else(|| sandbox.plans.get(&sandbox.plans.default_plan))
+                .and_then(|plan| plan.storage),
+            now: facts.tenant_now.unwrap_or_else(crate::tenants::now_secs),
+            commit: !facts.dry_run,
+        });
     // dispatch: answer from the facade or forward to the backend.
-    let answer = dispatch::dispatch(routed, parts, body, conn, principal.as_ref(), facts).await;
+    let answer = dispatch::dispatch(
+        routed,
+        parts,
+        body,
+        conn,
+        principal.as_ref(),
+        state.as_ref(),
+        facts,
+    )
+    .await;
     let mut resp = match claim {
         Some(claim) => claim.finish(answer).await?,
         None => answer?,

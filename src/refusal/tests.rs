@@ -126,6 +126,24 @@ async fn every_refusal_has_the_problem_shape() {
             api: "payments".into(),
             pointer: "/payment_method_data/card/number".into(),
         },
+        Refusal::StorageQuotaExceeded {
+            tenant: "sbx_1".into(),
+            plan: "trial".into(),
+            limit: 1024,
+            used: 1000,
+            needed: 400,
+        },
+        Refusal::StateObjectInvalid {
+            api: "payments".into(),
+            operation: "createCustomer".into(),
+            pointer: "/email".into(),
+            message: "not an email".into(),
+        },
+        Refusal::ActionNotApplicable {
+            action: "authenticate".into(),
+            id: "pi_1".into(),
+            needs: "status \"requires_action\" (it has \"succeeded\")".into(),
+        },
         Refusal::UnsupportedMediaType {
             api: "payments".into(),
             operation: "createPaymentIntent".into(),

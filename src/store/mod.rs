@@ -113,6 +113,22 @@ pub mod keys {
     pub fn tenant_key(tenant: &str, rest: &str) -> String {
         format!("t/{tenant}/{rest}")
     }
+
+    /// The facade state of a tenant (`crate::state`): stored objects,
+    /// their id sequence and byte count.
+    pub const STATE: &str = "state/";
+    /// A tenant's idempotency records (`Idempotency-Key`).
+    pub const IDEMPOTENCY: &str = "idem/";
+    /// A tenant's test clock (one key).
+    pub const CLOCK: &str = "clock";
+
+    /// What a sandbox reset wipes, relative to [`tenant`]: the tenant's
+    /// state, idempotency records and test clock. Everything else under the
+    /// tenant's prefix survives a reset: its quota counters (`quota/`, so a
+    /// reset never hands out a fresh allowance) and rate-limit state
+    /// (`rate/`). A key that is a prefix (ends in `/`) wipes everything
+    /// under it; one that does not is a single key.
+    pub const RESETTABLE: &[&str] = &[STATE, IDEMPOTENCY, CLOCK];
 }
 
 #[cfg(test)]
