@@ -664,3 +664,139 @@ async fn two_replicas_on_one_redis_share_state() {
     assert!(two.shutdown().await);
     drop(redis);
 }
+
+/// A request with extra headers; returns (status, headers, JSON body).
+async fn send_with(
+    gw: &TestGateway,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut rb = common::client()
+        .request(method, gw.url(path))
+        .bearer_auth(key);
+    for (name, value) in headers {
+        rb = rb.header(*name, *value);
+    }
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    let r = rb.send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let bytes = r.bytes().await.expect("body");
+    (
+        status,
+        headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_test_clock_dry_runs_and_idempotency_keys_apply_to_state() {
+    let gw = start_gateway(dir("")).await;
+    let (_, key) = tenant(&gw, json!({})).await;
+    let customers = "/payments/v1/customers";
+    let count = |v: &Value| v["data"].as_array().map_or(0, Vec::len);
+
+    // The tenant's clock stamps what it creates.
+    let (s, _) = post(
+        &gw,
+        &key,
+        "/_sandbox/clock",
+        json!({"frozen_time": "2027-01-01T00:00:00Z"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, a) = post(&gw, &key, customers, json!({"email": "a@example.com"})).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["created"], 1_798_761_600, "{a}");
+    let (s, _) = post(&gw, &key, "/_sandbox/clock", json!({"advance": "30d"})).await;
+    assert_eq!(s, 200);
+    let (s, b) = post(&gw, &key, customers, json!({"email": "b@example.com"})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["created"], 1_798_761_600 + 30 * 86_400, "{b}");
+
+    // A dry-run create answers the object it would create, and stores
+    // nothing.
+    let (s, h, dry) = send_with(
+        &gw,
+        &key,
+        reqwest::Method::POST,
+        customers,
+        &[("x-dry-run", "true")],
+        Some(json!({"email": "dry@example.com"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{dry}");
+    assert_eq!(h["x-dry-run"], "simulated");
+    assert_eq!(dry["email"], "dry@example.com");
+    let dry_id = dry["id"].as_str().expect("id");
+    assert!(dry_id.starts_with("cus_"), "{dry}");
+    let (s, _) = get(&gw, &key, &format!("{customers}/{dry_id}")).await;
+    assert_eq!(s, 404, "a dry run stores nothing");
+    let (_, list) = get(&gw, &key, customers).await;
+    assert_eq!(count(&list), 2, "{list}");
+
+    // A dry-run confirm answers the moved state and leaves the stored
+    // intent as it was.
+    let (_, pi) = post(
+        &gw,
+        &key,
+        "/payments/v1/payment_intents",
+        json!({"amount": 900, "currency": "eur"}),
+    )
+    .await;
+    let pi_id = pi["id"].as_str().expect("id").to_owned();
+    let (s, _, moved) = send_with(
+        &gw,
+        &key,
+        reqwest::Method::POST,
+        &format!("/payments/v1/payment_intents/{pi_id}/confirm"),
+        &[("x-dry-run", "true")],
+        Some(json!({"payment_method": "pm_card_authenticationRequired", "return_url": "https://shop.example/done"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{moved}");
+    assert_eq!(moved["status"], "requires_action", "{moved}");
+    let (_, stored) = get(&gw, &key, &format!("/payments/v1/payment_intents/{pi_id}")).await;
+    assert_eq!(stored["status"], "requires_payment_method", "{stored}");
+
+    // An idempotency key: created once, the same object replayed.
+    let idem = [("idempotency-key", "create-cus-42")];
+    let body = json!({"email": "once@example.com"});
+    let (s, h1, first) = send_with(
+        &gw,
+        &key,
+        reqwest::Method::POST,
+        customers,
+        &idem,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, 200, "{first}");
+    assert!(h1.get("idempotent-replayed").is_none());
+    let (s, h2, again) = send_with(
+        &gw,
+        &key,
+        reqwest::Method::POST,
+        customers,
+        &idem,
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(again, first);
+    let (_, list) = get(&gw, &key, customers).await;
+    assert_eq!(count(&list), 3, "created once: {list}");
+
+    // A reset wipes the clock too: real time again.
+    let (s, _) = post(&gw, &key, "/_sandbox/reset", json!({})).await;
+    assert_eq!(s, 200);
+    let (_, clock) = get(&gw, &key, "/_sandbox/clock").await;
+    assert_eq!(clock["frozen"], false, "{clock}");
+    assert!(gw.shutdown().await);
+}
