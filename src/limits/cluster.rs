@@ -19,7 +19,8 @@ use crate::store::{RedisStore, StoreError, redis_key};
 use super::quota::{Period, Quota, Usage};
 use super::rate::Rate;
 
-/// One decision: KEYS are the rate rules' keys, then the quotas' keys;
+/// One decision, one read (`MGET`) and one write per key: KEYS are the
+/// rate rules' keys, then the quotas' keys;
 /// ARGV[1] is the number of rate rules, then (T, tau) in microseconds per
 /// rule, then (limit, ttl in ms, 0: none) per quota. Answers
 /// `{0, remaining, reset, ...}` (counted against everything),
@@ -30,11 +31,12 @@ const DECIDE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local nr = tonumber(ARGV[1])
+local stored = redis.call('MGET', unpack(KEYS))
 local tats = {}
 for i = 1, nr do
   local T = tonumber(ARGV[2 * i])
   local tau = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  local tat = tonumber(stored[i] or '0')
   if tat < now then tat = now end
   if now < tat - tau then
     return {1, i, tat - tau - now}
@@ -49,15 +51,14 @@ local function standing(out, counted)
     if not counted then tat = tat - T end
     local remaining = math.floor((now + tau - tat) / T) + 1
     if remaining < 0 then remaining = 0 end
-    table.insert(out, remaining)
-    table.insert(out, tat - now)
+    out[#out + 1] = remaining
+    out[#out + 1] = tat - now
   end
   return out
 end
 for q = 1, #KEYS - nr do
-  local a = 2 * nr + 2 * q
-  local used = tonumber(redis.call('GET', KEYS[nr + q]) or '0')
-  if used >= tonumber(ARGV[a]) then
+  local used = tonumber(stored[nr + q] or '0')
+  if used >= tonumber(ARGV[2 * nr + 2 * q]) then
     return standing({2, q, used}, false)
   end
 end
@@ -66,10 +67,13 @@ for i = 1, nr do
   redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
 end
 for q = 1, #KEYS - nr do
-  local a = 2 * nr + 2 * q
-  local used = redis.call('INCR', KEYS[nr + q])
-  if used == 1 and tonumber(ARGV[a + 1]) > 0 then
-    redis.call('PEXPIRE', KEYS[nr + q], ARGV[a + 1])
+  local ttl = tonumber(ARGV[2 * nr + 2 * q + 1])
+  if stored[nr + q] then
+    redis.call('INCR', KEYS[nr + q])
+  elseif ttl > 0 then
+    redis.call('SET', KEYS[nr + q], '1', 'PX', ttl)
+  else
+    redis.call('SET', KEYS[nr + q], '1')
   end
 end
 return standing({0}, true)
@@ -155,7 +159,7 @@ pub async fn decide(
         };
         inv.arg(q.requests).arg(ttl_ms);
     }
-    let mut conn = redis.connection();
+    let mut conn = redis.connection().await?;
     let out: Vec<i64> = redis.bounded(inv.invoke_async(&mut conn)).await?;
     match out.as_slice() {
         [0, rest @ ..] => Ok(Outcome::Allowed(standings(rest))),

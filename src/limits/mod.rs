@@ -122,6 +122,25 @@ pub struct Rule {
     /// Its limiter (shared with the configuration it replaced, on a reload
     /// that kept the rule as it was).
     pub limiter: Arc<RuleLimiter>,
+    /// Its `RateLimit-Policy` header value, e.g. `"plan";q=20;w=2` (the
+    /// same on every answer, so made once).
+    pub policy: http::HeaderValue,
+}
+
+impl Rule {
+    /// The `RateLimit-Policy` value of a rule of `scope` with `rate`: the
+    /// burst as the quota, per the time a whole burst takes to come back.
+    pub fn policy_header(scope: Scope, rate: Rate) -> http::HeaderValue {
+        let burst = rate.burst.get();
+        let per = rate.interval() * burst;
+        let window = per.as_secs() + u64::from(per.subsec_nanos() > 0);
+        http::HeaderValue::from_str(&format!(
+            "\"{}\";q={burst};w={}",
+            scope.as_str(),
+            window.max(1)
+        ))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("\"plan\""))
+    }
 }
 
 /// One compiled plan.
@@ -445,6 +464,7 @@ fn compile(
                 at,
                 scope,
                 limiter: Arc::new(limiter),
+                policy: Rule::policy_header(scope, rate),
             }),
             None => {
                 errors.push(ConfigError::new(

@@ -118,8 +118,8 @@ pub struct Usage {
 /// The outcome of a quota decision.
 #[derive(Debug)]
 pub enum Decision {
-    /// Counted; the tenant's standing against each quota, after counting.
-    Allowed(Vec<Usage>),
+    /// Counted; each quota's count after counting, in the order given.
+    Allowed(Vec<u64>),
     /// Not counted: this quota has no room left.
     Exhausted(Usage),
 }
@@ -132,10 +132,23 @@ struct Counter {
     ends: u64,
 }
 
+/// One counter: a quota's period and the start of its current window.
+#[derive(Debug)]
+struct Slot {
+    period: Period,
+    start: u64,
+    counter: Counter,
+}
+
 /// Every tenant's quota counters on this node.
+///
+/// By tenant, then by (period, window start): a decision looks its
+/// counters up without building a key or allocating, under one lock. The
+/// store keys are built only to read a counter the first time and to write
+/// it behind.
 pub struct Counters {
     store: SharedStore,
-    counts: Mutex<HashMap<String, Counter>>,
+    counts: Mutex<HashMap<String, Vec<Slot>>>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -144,8 +157,17 @@ impl std::fmt::Debug for Counters {
     }
 }
 
-fn key(tenant: &str, q: &Quota, start: u64) -> String {
-    keys::tenant_key(tenant, &format!("quota/{}/{start}", q.period.as_str()))
+/// The store key of `tenant`'s counter of `period` for the window starting at `start`.
+fn key(tenant: &str, period: Period, start: u64) -> String {
+    keys::tenant_key(tenant, &format!("quota/{}/{start}", period.as_str()))
+}
+
+/// The counter of `period`'s window starting at `start`, if in memory.
+fn find(slots: &[Slot], period: Period, start: u64) -> Option<&Counter> {
+    slots
+        .iter()
+        .find(|s| s.period == period && s.start == start)
+        .map(|s| &s.counter)
 }
 
 impl Counters {
@@ -157,19 +179,36 @@ impl Counters {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Counter>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Slot>>> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether every counter of `tenant`'s `quotas` at `now` is in memory.
+    fn loaded(&self, tenant: &str, quotas: &[Quota], now: u64) -> bool {
+        let counts = self.lock();
+        let slots = counts.get(tenant).map_or(&[][..], Vec::as_slice);
+        quotas.iter().all(|q| {
+            let (start, _) = q.period.window(now);
+            find(slots, q.period, start).is_some()
+        })
     }
 
     /// Makes sure the counters of `tenant`'s `quotas` at `now` are in
     /// memory, reading them from the store when they are not.
     async fn load(&self, tenant: &str, quotas: &[Quota], now: u64) -> Result<(), StoreError> {
+        if self.loaded(tenant, quotas, now) {
+            return Ok(());
+        }
         for q in quotas {
             let (start, end) = q.period.window(now);
-            let k = key(tenant, q, start);
-            if self.lock().contains_key(&k) {
+            let present = self
+                .lock()
+                .get(tenant)
+                .is_some_and(|slots| find(slots, q.period, start).is_some());
+            if present {
                 continue;
             }
+            let k = key(tenant, q.period, start);
             let stored = match self.store.get(&k).await? {
                 Some(raw) => std::str::from_utf8(&raw)
                     .ok()
@@ -177,17 +216,26 @@ impl Counters {
                     .ok_or_else(|| StoreError::Corrupt(format!("quota counter `{k}`")))?,
                 None => 0,
             };
-            self.lock().entry(k).or_insert(Counter {
-                count: stored,
-                persisted: stored,
-                ends: end,
-            });
+            let mut counts = self.lock();
+            let slots = counts.entry(tenant.to_owned()).or_default();
+            if find(slots, q.period, start).is_none() {
+                slots.push(Slot {
+                    period: q.period,
+                    start,
+                    counter: Counter {
+                        count: stored,
+                        persisted: stored,
+                        ends: end,
+                    },
+                });
+            }
         }
         Ok(())
     }
 
     /// Counts one request of `tenant` against every quota, or none when one
-    /// of them is full. `now` is Unix seconds.
+    /// of them is full. `now` is Unix seconds. Allowed: each quota's count
+    /// after this request, in the order given.
     pub async fn decide(
         &self,
         tenant: &str,
@@ -196,33 +244,49 @@ impl Counters {
     ) -> Result<Decision, StoreError> {
         self.load(tenant, quotas, now).await?;
         let mut counts = self.lock();
-        let mut usage = Vec::with_capacity(quotas.len());
-        let mut keys = Vec::with_capacity(quotas.len());
+        let Some(slots) = counts.get_mut(tenant) else {
+            return Err(StoreError::Corrupt(format!(
+                "quota counters of `{tenant}` vanished"
+            )));
+        };
+        // Every quota first (nothing counted unless all have room)...
         for q in quotas {
             let (start, end) = q.period.window(now);
-            let k = key(tenant, q, start);
-            let used = counts.get(&k).map_or(0, |c| c.count);
-            let u = Usage {
-                quota: q.clone(),
-                used,
-                resets_at: (q.period != Period::Lifetime).then_some(end),
-            };
+            let used = find(slots, q.period, start).map_or(0, |c| c.count);
             if used >= q.requests {
-                return Ok(Decision::Exhausted(u));
+                return Ok(Decision::Exhausted(Usage {
+                    quota: q.clone(),
+                    used,
+                    resets_at: (q.period != Period::Lifetime).then_some(end),
+                }));
             }
-            usage.push(u);
-            keys.push((k, end));
         }
-        for ((k, end), u) in keys.into_iter().zip(usage.iter_mut()) {
-            let c = counts.entry(k).or_insert(Counter {
-                count: 0,
-                persisted: 0,
-                ends: end,
-            });
-            c.count += 1;
-            u.used = c.count;
+        // ...then each counted.
+        let mut after = Vec::with_capacity(quotas.len());
+        for q in quotas {
+            let (start, end) = q.period.window(now);
+            let i = match slots
+                .iter()
+                .position(|s| s.period == q.period && s.start == start)
+            {
+                Some(i) => i,
+                None => {
+                    slots.push(Slot {
+                        period: q.period,
+                        start,
+                        counter: Counter {
+                            count: 0,
+                            persisted: 0,
+                            ends: end,
+                        },
+                    });
+                    slots.len() - 1
+                }
+            };
+            slots[i].counter.count += 1;
+            after.push(slots[i].counter.count);
         }
-        Ok(Decision::Allowed(usage))
+        Ok(Decision::Allowed(after))
     }
 
     /// `tenant`'s standing against `quotas` at `now`, counting nothing.
@@ -237,7 +301,7 @@ impl Counters {
             let mut out = Vec::with_capacity(quotas.len());
             for q in quotas {
                 let (start, end) = q.period.window(now);
-                let used = match self.store.get(&key(tenant, q, start)).await? {
+                let used = match self.store.get(&key(tenant, q.period, start)).await? {
                     Some(raw) => std::str::from_utf8(&raw)
                         .ok()
                         .and_then(|s| s.trim().parse::<u64>().ok())
@@ -254,13 +318,14 @@ impl Counters {
         }
         self.load(tenant, quotas, now).await?;
         let counts = self.lock();
+        let slots = counts.get(tenant).map_or(&[][..], Vec::as_slice);
         Ok(quotas
             .iter()
             .map(|q| {
                 let (start, end) = q.period.window(now);
                 Usage {
                     quota: q.clone(),
-                    used: counts.get(&key(tenant, q, start)).map_or(0, |c| c.count),
+                    used: find(slots, q.period, start).map_or(0, |c| c.count),
                     resets_at: (q.period != Period::Lifetime).then_some(end),
                 }
             })
@@ -269,35 +334,64 @@ impl Counters {
 
     /// Forgets every quota count of `tenant` (memory and store).
     pub async fn reset(&self, tenant: &str) -> Result<u64, StoreError> {
-        let prefix = keys::tenant_key(tenant, "quota/");
-        self.lock().retain(|k, _| !k.starts_with(&prefix));
-        self.store.delete_prefix(&prefix).await
+        self.lock().remove(tenant);
+        self.store
+            .delete_prefix(&keys::tenant_key(tenant, "quota/"))
+            .await
     }
 
     /// Writes every changed count to the store, and forgets counters of
     /// windows that have ended. `now` is Unix seconds.
     pub async fn flush(&self, now: u64) -> Result<(), StoreError> {
-        let dirty: Vec<(String, u64, u64)> = {
+        type Dirty = (String, Period, u64, u64, u64);
+        let dirty: Vec<Dirty> = {
             let mut counts = self.lock();
-            counts.retain(|_, c| c.ends > now || c.count != c.persisted);
+            counts.retain(|_, slots| {
+                slots.retain(|s| s.counter.ends > now || s.counter.count != s.counter.persisted);
+                !slots.is_empty()
+            });
             counts
                 .iter()
-                .filter(|(_, c)| c.count != c.persisted)
-                .map(|(k, c)| (k.clone(), c.count, c.ends))
+                .flat_map(|(tenant, slots)| {
+                    slots
+                        .iter()
+                        .filter(|s| s.counter.count != s.counter.persisted)
+                        .map(|s| {
+                            (
+                                tenant.clone(),
+                                s.period,
+                                s.start,
+                                s.counter.count,
+                                s.counter.ends,
+                            )
+                        })
+                })
                 .collect()
         };
-        for (k, count, ends) in dirty {
+        for (tenant, period, start, count, ends) in dirty {
             let ttl =
                 (ends != u64::MAX).then(|| Duration::from_secs(ends.saturating_sub(now) + 60));
             self.store
-                .put(&k, count.to_string().into_bytes(), ttl)
+                .put(
+                    &key(&tenant, period, start),
+                    count.to_string().into_bytes(),
+                    ttl,
+                )
                 .await?;
             let mut counts = self.lock();
-            if let Some(c) = counts.get_mut(&k) {
-                c.persisted = c.persisted.max(count);
-            }
-            if ends <= now {
-                counts.remove(&k);
+            if let Some(slots) = counts.get_mut(&tenant) {
+                if let Some(s) = slots
+                    .iter_mut()
+                    .find(|s| s.period == period && s.start == start)
+                {
+                    s.counter.persisted = s.counter.persisted.max(count);
+                }
+                if ends <= now {
+                    slots.retain(|s| !(s.period == period && s.start == start));
+                }
+                if slots.is_empty() {
+                    counts.remove(&tenant);
+                }
             }
         }
         Ok(())
@@ -342,7 +436,7 @@ mod tests {
         let now = 1_795_425_342;
         for i in 1..=3 {
             match c.decide("sbx_a", &quotas, now).await.expect("decide") {
-                Decision::Allowed(u) => assert_eq!((u[0].used, u[1].used), (i, i)),
+                Decision::Allowed(u) => assert_eq!((u[0], u[1]), (i, i)),
                 d => panic!("{d:?}"),
             }
         }

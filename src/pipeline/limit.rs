@@ -202,15 +202,9 @@ fn store_failed(
 }
 
 fn standing(rule: &crate::limits::Rule, remaining: u32, reset: Duration) -> Standing {
-    let rate = rule.limiter.rate;
-    let burst = rate.burst.get();
-    // The policy as the draft sees it: `burst` requests per the time a whole
-    // burst takes to come back.
-    let window = seconds_up(rate.interval() * burst).max(1);
     let name = rule.scope.as_str();
     Standing {
-        policy: HeaderValue::from_str(&format!("\"{name}\";q={burst};w={window}"))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"plan\"")),
+        policy: rule.policy.clone(),
         limit: HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={}", seconds_up(reset)))
             .unwrap_or_else(|_| HeaderValue::from_static("\"plan\"")),
     }

@@ -20,13 +20,30 @@ use redis::aio::ConnectionManager;
 
 use super::{Store, StoreError, StoreFuture};
 
+/// Source of [`RedisStore`] ids.
+static STORE_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's own connection to each Redis store it has used (by
+    /// store id); see [`RedisStore::connection`].
+    static WORKER_CONNS: std::cell::RefCell<Vec<(u64, ConnectionManager)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Every key of sandgate starts with this.
 const NAMESPACE: &str = "sandgate:";
 
 /// A store in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
+    /// The connection made at start, on the runtime that connected (the
+    /// control runtime); used from threads that are not workers.
     conn: ConnectionManager,
+    /// For the workers' own connections.
+    client: redis::Client,
+    config: redis::aio::ConnectionManagerConfig,
+    /// Tells this store's connections apart in [`WORKER_CONNS`].
+    id: u64,
     timeout: Duration,
     incr: redis::Script,
     /// Until when (ms after `epoch`) Redis counts as down: set by a
@@ -96,13 +113,16 @@ impl RedisStore {
             .set_max_delay(1000);
         let conn = tokio::time::timeout(
             timeout.max(Duration::from_secs(2)),
-            ConnectionManager::new_with_config(client, config),
+            ConnectionManager::new_with_config(client.clone(), config.clone()),
         )
         .await
         .map_err(|_| unavailable(format!("no answer from {url}")))?
         .map_err(unavailable)?;
         Ok(RedisStore {
             conn,
+            client,
+            config,
+            id: STORE_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             timeout,
             down_until: std::sync::Arc::default(),
             epoch: std::time::Instant::now(),
@@ -116,9 +136,38 @@ return v",
         })
     }
 
-    /// A clone of the connection (cheap: it is multiplexed).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// The connection to use on this thread. A worker thread (a
+    /// single-threaded runtime) gets its own, made on first use, so its
+    /// exchanges with Redis stay on its runtime like its upstream pool: a
+    /// shared connection's driver task would live on the control runtime,
+    /// and every request would cross threads twice. Other threads share
+    /// the one made at start. A multiplexed connection: clones are cheap.
+    pub async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        if Handle::current().runtime_flavor() != RuntimeFlavor::CurrentThread {
+            return Ok(self.conn.clone());
+        }
+        let mine = WORKER_CONNS.with_borrow(|conns| {
+            conns
+                .iter()
+                .find(|(id, _)| *id == self.id)
+                .map(|(_, c)| c.clone())
+        });
+        if let Some(conn) = mine {
+            return Ok(conn);
+        }
+        let conn = self
+            .bounded(ConnectionManager::new_with_config(
+                self.client.clone(),
+                self.config.clone(),
+            ))
+            .await?;
+        WORKER_CONNS.with_borrow_mut(|conns| {
+            if !conns.iter().any(|(id, _)| *id == self.id) {
+                conns.push((self.id, conn.clone()));
+            }
+        });
+        Ok(conn)
     }
 
     /// The configured operation timeout.
@@ -173,7 +222,7 @@ return v",
     }
 
     async fn keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.connection().await?;
         let pattern = pattern(prefix);
         let mut cursor: u64 = 0;
         let mut out = Vec::new();
@@ -212,7 +261,7 @@ fn px(ttl: Option<Duration>) -> Option<u64> {
 impl Store for RedisStore {
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.connection().await?;
             self.bounded(conn.get(redis_key(key))).await
         })
     }
@@ -224,7 +273,7 @@ impl Store for RedisStore {
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.connection().await?;
             let mut cmd = redis::cmd("SET");
             cmd.arg(redis_key(key)).arg(value);
             if let Some(ms) = px(ttl) {
@@ -241,7 +290,7 @@ impl Store for RedisStore {
         ttl: Option<Duration>,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.connection().await?;
             let mut cmd = redis::cmd("SET");
             cmd.arg(redis_key(key)).arg(value).arg("NX");
             if let Some(ms) = px(ttl) {
@@ -254,7 +303,7 @@ impl Store for RedisStore {
 
     fn delete<'a>(&'a self, key: &'a str) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.connection().await?;
             let n: u64 = self.bounded(conn.del(redis_key(key))).await?;
             Ok(n > 0)
         })
@@ -279,7 +328,7 @@ impl Store for RedisStore {
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.connection().await?;
             let rkeys: Vec<&str> = keys.iter().map(|(_, rk)| rk.as_str()).collect();
             let values: Vec<Option<Vec<u8>>> = self
                 .bounded(redis::cmd("MGET").arg(&rkeys).query_async(&mut conn))
@@ -296,7 +345,7 @@ impl Store for RedisStore {
     fn delete_prefix<'a>(&'a self, prefix: &'a str) -> StoreFuture<'a, u64> {
         Box::pin(async move {
             let keys = self.keys(prefix).await?;
-            let mut conn = self.conn.clone();
+            let mut conn = self.connection().await?;
             let mut removed = 0u64;
             for chunk in keys.chunks(500) {
                 let n: u64 = self
@@ -310,7 +359,7 @@ impl Store for RedisStore {
 
     fn incr<'a>(&'a self, key: &'a str, by: i64, ttl: Option<Duration>) -> StoreFuture<'a, i64> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.connection().await?;
             let mut inv = self.incr.key(redis_key(key));
             inv.arg(by).arg(px(ttl).unwrap_or(0));
             self.bounded(inv.invoke_async(&mut conn)).await
