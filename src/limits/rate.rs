@@ -192,6 +192,26 @@ mod tests {
     }
 
     #[test]
+    fn a_million_tenants_are_forgotten_once_idle() {
+        // Memory stays bounded: a million distinct keys, each seen once,
+        // are all dropped by the periodic sweep once their burst is whole.
+        let clock = FakeRelativeClock::default();
+        let l = RuleLimiter::with_clock(rate(10, 1000, 10), clock.clone()).expect("limiter");
+        for i in 0..1_000_000u32 {
+            let t: Arc<str> = Arc::from(format!("sbx_{i}").as_str());
+            assert!(matches!(l.check(&t), Decision::Allowed { .. }));
+        }
+        assert_eq!(l.len(), 1_000_000);
+        // Not yet whole again: kept (their state still matters).
+        clock.advance(Duration::from_millis(10));
+        l.retain_recent();
+        assert_eq!(l.len(), 1_000_000);
+        clock.advance(Duration::from_secs(1));
+        l.retain_recent();
+        assert!(l.is_empty());
+    }
+
+    #[test]
     fn reset_is_when_the_burst_is_whole_again() {
         let clock = FakeRelativeClock::default();
         let l = RuleLimiter::with_clock(rate(5, 1000, 5), clock).expect("limiter");
