@@ -312,7 +312,7 @@ fn facade_benches(c: &mut Criterion) {
     let typed = create.request.typed_body(&headers, body).expect("typed");
     let op = index("createPaymentIntent");
     assert!(matches!(
-        scenarios.find(op, &typed),
+        scenarios.find(op, &typed, 0),
         sandgate::facade::scenarios::Matched::Answer { .. }
     ));
     fixture_benches(c, &sb);
@@ -323,7 +323,7 @@ fn facade_benches(c: &mut Criterion) {
                 .typed_body(&headers, black_box(body))
                 .expect("typed");
             matches!(
-                scenarios.find(op, &typed),
+                scenarios.find(op, &typed, 0),
                 sandgate::facade::scenarios::Matched::Answer { .. }
             )
         })

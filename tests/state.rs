@@ -33,13 +33,18 @@ default_plan: trial
 
 /// A stateful payments sandbox (`store` is a YAML line, or empty for memory).
 fn dir(store: &str) -> TempDir {
+    dir_with(store, SCENARIOS)
+}
+
+/// The same with its own scenario file.
+fn dir_with(store: &str, scenarios: &str) -> TempDir {
     let config = format!(
         "listeners:\n  - addr: 127.0.0.1:0\n{store}admin: {{ token_env: CARGO_PKG_NAME }}\nauth:\n  api_keys: {{ prefix: sk_sandbox_, live_prefixes: [sk_live_] }}\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    scenarios: fixtures/payments/scenarios.yaml\n    mode: facade\n    state:\n      effects:\n        - operation: createRefund\n          target: payment_intents\n          id: /payment_intent\n          require: {{ status: succeeded }}\n          fill: {{ amount: /amount_received - /amount_refunded, currency: /currency }}\n          add: {{ amount_refunded: /amount }}\n          cap: {{ amount_refunded: /amount_received }}\n"
     );
     sandbox_dir(&[
         ("sandgate.yaml", &config),
         ("contracts/payments.yaml", PAYMENTS),
-        ("fixtures/payments/scenarios.yaml", SCENARIOS),
+        ("fixtures/payments/scenarios.yaml", scenarios),
         ("policies/plans.yaml", POLICY),
         ("seeds/fintech_default.yaml", FINTECH),
         ("seeds/retail_default.yaml", RETAIL),
@@ -798,5 +803,66 @@ async fn the_test_clock_dry_runs_and_idempotency_keys_apply_to_state() {
     assert_eq!(s, 200);
     let (_, clock) = get(&gw, &key, "/_sandbox/clock").await;
     assert_eq!(clock["frozen"], false, "{clock}");
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_time_based_rule_follows_the_tenants_clock() {
+    // A simulated card-network outage on 2027-06-01: the approved test
+    // method declines while the tenant's clock is in that day.
+    let outage = "rules:
+  - name: card network outage
+    operations: [confirmPaymentIntent]
+    key: /payment_method
+    during: { from: \"2027-06-01T00:00:00Z\", until: \"2027-06-02T00:00:00Z\" }
+    when:
+      pm_card_visa: generic_decline
+";
+    let scenarios = SCENARIOS.replacen("rules:\n", outage, 1);
+    assert_ne!(scenarios, SCENARIOS, "the rule was inserted");
+    let gw = start_gateway(dir_with("", &scenarios)).await;
+    let (_, key) = tenant(&gw, json!({})).await;
+    let confirm_at = |day: &'static str| {
+        let (gw, key) = (&gw, key.clone());
+        async move {
+            let (s, _) = post(
+                gw,
+                &key,
+                "/_sandbox/clock",
+                json!({ "frozen_time": format!("{day}T12:00:00Z") }),
+            )
+            .await;
+            assert_eq!(s, 200);
+            let (_, pi) = post(
+                gw,
+                &key,
+                "/payments/v1/payment_intents",
+                json!({"amount": 700, "currency": "eur"}),
+            )
+            .await;
+            let id = pi["id"].as_str().expect("id").to_owned();
+            post(
+                gw,
+                &key,
+                &format!("/payments/v1/payment_intents/{id}/confirm"),
+                json!({"payment_method": "pm_card_visa"}),
+            )
+            .await
+        }
+    };
+    let (s, before) = confirm_at("2027-05-31").await;
+    assert_eq!(
+        (s, &before["status"]),
+        (200, &json!("succeeded")),
+        "{before}"
+    );
+    let (s, during) = confirm_at("2027-06-01").await;
+    assert_eq!(s, 402, "{during}");
+    assert_eq!(
+        during["error"]["decline_code"], "generic_decline",
+        "{during}"
+    );
+    let (s, after) = confirm_at("2027-06-02").await;
+    assert_eq!((s, &after["status"]), (200, &json!("succeeded")), "{after}");
     assert!(gw.shutdown().await);
 }

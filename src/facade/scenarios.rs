@@ -120,6 +120,19 @@ struct RuleConfig {
     /// Refuse real-looking card numbers not in `when`.
     #[serde(default)]
     card_numbers: bool,
+    /// Only while the tenant's clock is in this window (a time-based rule,
+    /// such as a simulated card-network outage a partner reaches by
+    /// moving its test clock).
+    during: Option<Spanned<DuringConfig>>,
+}
+
+/// A window of the tenant's time: `from` (inclusive) to `until`
+/// (exclusive), RFC 3339 UTC; either may be left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DuringConfig {
+    from: Option<String>,
+    until: Option<String>,
 }
 
 /// What a matched rule answers.
@@ -137,6 +150,9 @@ struct Rule {
     name: String,
     key: String,
     card_numbers: bool,
+    /// The window of the tenant's time it applies in, Unix seconds
+    /// [from, until).
+    during: Option<(u64, u64)>,
     table: HashMap<String, (Answer, Option<StatePatch>)>,
 }
 
@@ -192,6 +208,40 @@ impl Scenarios {
         // Each (outcome, operation) is prepared, and reported, once.
         let mut prepared: HashMap<(String, usize), Option<Answer>> = HashMap::new();
         for r in &cfg.rules {
+            let during = match &r.during {
+                None => None,
+                Some(d) => {
+                    let at = |t: &Option<String>, open: u64| {
+                        match t {
+                        None => Ok(open),
+                        Some(text) => crate::clock::parse_rfc3339(text).ok_or_else(|| {
+                            format!(
+                                "rule `{}`: `during` time `{text}` is not RFC 3339 UTC, such as 2027-01-01T00:00:00Z",
+                                r.name
+                            )
+                        }),
+                    }
+                    };
+                    match (at(&d.value.from, 0), at(&d.value.until, u64::MAX)) {
+                        (Ok(from), Ok(until)) if from < until => Some((from, until)),
+                        (Ok(_), Ok(_)) => {
+                            errors.push(ConfigError::new(
+                                &path,
+                                d.referenced.line(),
+                                format!(
+                                    "rule `{}`: `during.from` must be before `during.until`",
+                                    r.name
+                                ),
+                            ));
+                            None
+                        }
+                        (Err(m), _) | (_, Err(m)) => {
+                            errors.push(ConfigError::new(&path, d.referenced.line(), m));
+                            None
+                        }
+                    }
+                }
+            };
             if !r.key.starts_with('/') {
                 errors.push(ConfigError::new(
                     &path,
@@ -265,6 +315,7 @@ impl Scenarios {
                     name: r.name.clone(),
                     key: r.key.clone(),
                     card_numbers: r.card_numbers,
+                    during,
                     table,
                 });
             }
@@ -311,9 +362,17 @@ impl Scenarios {
         self.by_operation.get(op).is_some_and(|r| !r.is_empty())
     }
 
-    /// The first rule of operation `op` whose key has a value in its table.
-    pub fn find(&self, op: usize, body: &Value) -> Matched<'_> {
+    /// The first rule of operation `op` whose key has a value in its table
+    /// (rules with a `during` window only while `now`, the tenant's time in
+    /// Unix seconds, is in it).
+    pub fn find(&self, op: usize, body: &Value, now: u64) -> Matched<'_> {
         for rule in self.by_operation.get(op).into_iter().flatten() {
+            if rule
+                .during
+                .is_some_and(|(from, until)| now < from || now >= until)
+            {
+                continue;
+            }
             let Some(v) = body.pointer(&rule.key) else {
                 continue;
             };

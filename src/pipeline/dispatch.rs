@@ -194,7 +194,8 @@ async fn rules(
         && let Some(scenarios) = api.scenarios.as_ref().filter(|s| s.applies_to(index))
         && let Some(value) = typed
     {
-        match scenarios.find(index, value) {
+        let now = facts.tenant_now.unwrap_or_else(crate::tenants::now_secs);
+        match scenarios.find(index, value, now) {
             Matched::Answer { rule, answer, .. } => {
                 facts.source = Some(AnswerSource::Scenario);
                 return Some(crate::facade::scenario(api, rule, answer).await);

@@ -521,7 +521,7 @@ async fn create(
     // Scenario rules on the create body (a test card given at creation).
     let mut scenario_rule = None;
     if let (Some(s), Some(body)) = (&api.scenarios, req.body) {
-        match s.find(req.op, body) {
+        match s.find(req.op, body, ctx.now) {
             Matched::RealCard { pointer } => {
                 return Err(Refusal::RealCardNumber {
                     api: api.name.to_string(),
@@ -628,7 +628,7 @@ async fn action(
     old: u64,
 ) -> Result<Response<Body>, Refusal> {
     let matched = match (&api.scenarios, req.body) {
-        (Some(s), Some(body)) => s.find(req.op, body),
+        (Some(s), Some(body)) => s.find(req.op, body, ctx.now),
         _ => Matched::None,
     };
     match matched {
