@@ -313,3 +313,55 @@ async fn the_write_refusals_say_what_to_do() {
     assert_eq!(headers2[header::RETRY_AFTER], "1");
     assert!(!headers.contains_key(header::RETRY_AFTER));
 }
+
+#[test]
+fn the_demo_contract_documents_every_stage() {
+    // Every stage a refusal can name, and a compile error here when one is
+    // added: the demo contract's problem schema must then list it too
+    // (schemathesis checks answers against that schema).
+    let all = [
+        Stage::Edge,
+        Stage::Route,
+        Stage::Identify,
+        Stage::Admit,
+        Stage::Limit,
+        Stage::Validate,
+        Stage::Dispatch,
+        Stage::Admin,
+        Stage::Idempotency,
+        Stage::Sandbox,
+    ];
+    for s in all {
+        match s {
+            Stage::Edge
+            | Stage::Route
+            | Stage::Identify
+            | Stage::Admit
+            | Stage::Limit
+            | Stage::Validate
+            | Stage::Dispatch
+            | Stage::Admin
+            | Stage::Idempotency
+            | Stage::Sandbox => {}
+        }
+    }
+    let doc: Value = serde_saphyr::from_str(include_str!("../../contracts/payments.yaml"))
+        .expect("the demo contract parses");
+    let documented: Vec<&str> = doc
+        .pointer("/components/schemas/Problem/properties/stage/enum")
+        .and_then(Value::as_array)
+        .expect("Problem.stage enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for s in all {
+        // The admin stage answers on the admin listener, never on an API.
+        if s != Stage::Admin {
+            assert!(
+                documented.contains(&s.as_str()),
+                "contracts/payments.yaml: Problem.stage does not list `{}`",
+                s.as_str()
+            );
+        }
+    }
+}
