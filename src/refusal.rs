@@ -803,6 +803,10 @@ impl Refusal {
             Refusal::AdminTokenUnset { .. } | Refusal::AdminUnauthorized => {
                 Some("admin.token_env".into())
             }
+            // The tenant endpoints exist because tenants do (`auth.api_keys`).
+            Refusal::MissingCredentials { api, .. } if api == crate::tenant_api::API_NAME => {
+                Some("auth.api_keys".into())
+            }
             Refusal::MissingCredentials { api, .. } => Some(format!("apis.{api}.auth")),
             Refusal::ProductionCredentials { .. } => Some("auth.api_keys.live_prefixes".into()),
             Refusal::ProductionToken { .. } => Some("auth.production_issuers".into()),
@@ -934,6 +938,15 @@ impl Refusal {
             ),
             Refusal::AdminNotFound { path } => {
                 format!("Nothing is served at '{path}' on the admin listener.")
+            }
+            Refusal::MissingCredentials { api, accepted, .. }
+                if api == crate::tenant_api::API_NAME =>
+            {
+                format!(
+                    "The sandbox's own endpoints ({}…) answer only with your sandbox credentials: {}.",
+                    crate::tenant_api::PREFIX,
+                    accepted.join("; or ")
+                )
             }
             Refusal::MissingCredentials { api, accepted, .. } => format!(
                 "API '{api}' needs sandbox credentials: {}.",

@@ -35,6 +35,9 @@ use crate::tenants::Registry;
 /// The path prefix of the tenant endpoints.
 pub const PREFIX: &str = "/_sandbox/";
 
+/// The name refusals give the tenant endpoints where they name an API.
+pub const API_NAME: &str = "_sandbox";
+
 /// One tenant endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -89,14 +92,14 @@ pub async fn serve(
 ) -> Result<Response<Body>, Refusal> {
     if !endpoint.methods().contains(&req.method().as_str()) {
         return Err(Refusal::MethodNotAllowed {
-            api: "_sandbox".into(),
+            api: API_NAME.into(),
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
             allow: endpoint.methods().iter().map(|m| (*m).to_owned()).collect(),
         });
     }
     let principal = crate::pipeline::identify::caller(
-        "_sandbox",
+        API_NAME,
         sandbox,
         req.headers(),
         conn.peer_certificates.as_deref(),

@@ -547,7 +547,16 @@ async fn a_tenant_sees_its_own_usage_and_nobody_else_does() {
         .send()
         .await
         .expect("usage");
-    problem(r, 401, "missing_credentials").await;
+    let p = problem(r, 401, "missing_credentials").await;
+    // It names the setting that exists (tenants come from auth.api_keys),
+    // not an API called `_sandbox`.
+    assert_eq!(p["rule"], "auth.api_keys", "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("/_sandbox/") && !d.contains("API '")),
+        "{p}"
+    );
     let r = c
         .post(gw.url("/_sandbox/usage"))
         .bearer_auth(&key)
