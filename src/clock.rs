@@ -8,10 +8,10 @@
 //! `frozen_time`), like Stripe's test clocks.
 //!
 //! The pipeline asks [`tenant_now`] once per identified request, after
-//! admit. That is the hot path, so the stored value is cached per process
-//! for [`CACHE_TTL`] and the cache is invalidated on every change made
-//! through this process; another replica sees a change within
-//! [`CACHE_TTL`]. The tenant's time drives fixture templates (`now`), is
+//! admit. That is the hot path, so the stored value is cached per thread
+//! (no shared cache line, no key built) for [`CACHE_TTL`], and every change
+//! made through this process invalidates every thread's cache; another
+//! replica sees a change within [`CACHE_TTL`]. The tenant's time drives fixture templates (`now`), is
 //! forwarded to backends as `Sandgate-Clock` (only while the clock is set)
 //! and is handed to later stages as `RequestFacts::tenant_now`.
 //!
@@ -19,7 +19,6 @@
 //! quotas, idempotency records) keep real time: a test clock cannot extend
 //! a sandbox's life or refill a quota.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -61,20 +60,28 @@ pub enum Change {
     Advance(Duration),
 }
 
-/// Caches the stored clock by (registry id, tenant).
-fn cache() -> &'static moka::sync::Cache<String, Option<u64>> {
-    static CACHE: OnceLock<moka::sync::Cache<String, Option<u64>>> = OnceLock::new();
-    CACHE.get_or_init(|| {
-        moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(CACHE_TTL)
-            .build()
-    })
+/// Bumped by every change of any tenant's clock through this process:
+/// each thread's cache drops what it read before.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A clock read into a thread's cache.
+struct Cached {
+    registry: u64,
+    frozen: Option<u64>,
+    read_at: std::time::Instant,
+    generation: u64,
 }
 
-fn cache_key(registry: &Registry, tenant: &str) -> String {
-    format!("{}/{tenant}", registry.id())
+thread_local! {
+    /// Each thread's own cache of stored clocks, by tenant: the lookup on
+    /// every identified request touches no shared cache line and builds no
+    /// key (like the identify stage's per-worker credential cache).
+    static CACHE: std::cell::RefCell<std::collections::HashMap<String, Cached>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
 }
+
+/// Most tenants a thread's cache holds; past it, the cache starts over.
+const CACHE_MAX: usize = 100_000;
 
 fn store_key(tenant: &str) -> String {
     keys::tenant_key(tenant, "clock")
@@ -90,15 +97,39 @@ pub async fn frozen_time(registry: &Registry, tenant: &str) -> Result<Option<u64
         .map_err(|e| StoreError::Corrupt(format!("clock of {tenant}: {e}")))
 }
 
-/// The tenant's current time, through the per-process cache. One store
-/// read per tenant per [`CACHE_TTL`] at most.
+/// The tenant's current time, through this thread's cache. One store read
+/// per tenant per thread per [`CACHE_TTL`] at most.
 pub async fn tenant_now(registry: &Registry, tenant: &str) -> Result<TenantTime, StoreError> {
-    let key = cache_key(registry, tenant);
-    let frozen = match cache().get(&key) {
+    use std::sync::atomic::Ordering;
+    let generation = GENERATION.load(Ordering::Acquire);
+    let hit = CACHE.with_borrow(|cache| {
+        cache
+            .get(tenant)
+            .filter(|c| {
+                c.registry == registry.id()
+                    && c.generation == generation
+                    && c.read_at.elapsed() < CACHE_TTL
+            })
+            .map(|c| c.frozen)
+    });
+    let frozen = match hit {
         Some(f) => f,
         None => {
             let f = frozen_time(registry, tenant).await?;
-            cache().insert(key, f);
+            CACHE.with_borrow_mut(|cache| {
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(
+                    tenant.to_owned(),
+                    Cached {
+                        registry: registry.id(),
+                        frozen: f,
+                        read_at: std::time::Instant::now(),
+                        generation,
+                    },
+                );
+            });
             f
         }
     };
@@ -111,10 +142,10 @@ pub async fn tenant_now(registry: &Registry, tenant: &str) -> Result<TenantTime,
     })
 }
 
-/// Forgets this process's cached clock of `tenant` (after a change, or a
-/// wipe of the tenant's data).
-pub fn invalidate(registry: &Registry, tenant: &str) {
-    cache().invalidate(&cache_key(registry, tenant));
+/// Forgets this process's cached clocks (after a change of `tenant`'s, or
+/// a wipe of its data): every thread reads the store again.
+pub fn invalidate(_registry: &Registry, _tenant: &str) {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// The frozen instant after `change`, from the `current` one (`None`: real
