@@ -113,6 +113,8 @@ impl Handler for Gateway {
         let method = req.method().clone();
         let mut facts = RequestFacts {
             request_id: crate::edge::request_id(req.headers()),
+            trace: crate::trace::Recorder::new(&sandbox.traces),
+            trace_context: crate::trace_context::TraceContext::from_headers(req.headers()),
             ..Default::default()
         };
 
@@ -142,7 +144,14 @@ impl Handler for Gateway {
             Err(refusal) => {
                 RequestRefused(&refusal).emit();
                 let code = refusal.code();
-                (refusal.into_response(&facts.request_id), Some(code))
+                facts.refused_stage = Some(refusal.stage().as_str());
+                // An identified caller is told where its trace is.
+                facts.trace.refused(&refusal);
+                let trace = facts.trace.link(&facts.request_id);
+                (
+                    refusal.into_response_traced(&facts.request_id, trace.as_deref()),
+                    Some(code),
+                )
             }
         };
         crate::edge::set_request_id(resp.headers_mut(), &facts.request_id);
@@ -164,20 +173,35 @@ impl Handler for Gateway {
             drop_head_body(&mut resp);
         }
         let api = facts.api.and_then(|i| sandbox.apis.get(i));
-        RequestCompleted {
+        let done = RequestCompleted {
             request_id: &facts.request_id,
             api: api.map(|a| (&*a.name, &a.metrics)),
             operation: api
                 .zip(facts.operation)
                 .and_then(|(a, op)| a.contract.as_ref().map(|c| c.operations[op].id.as_str())),
+            mode: api.map(|a| a.mode.as_str()),
             tenant: facts.tenant.as_deref(),
             method: &method,
             status: resp.status().as_u16(),
             code,
             source: facts.source.map(|s| s.as_str()),
+            dry_run: facts.dry_run,
             latency: started.elapsed(),
-        }
-        .emit();
-        resp
+            upstream_latency: facts.upstream_latency,
+            trace: &facts.trace_context,
+        };
+        done.emit();
+        #[cfg(feature = "otlp")]
+        crate::otel::export(&done);
+        // analytics: one try_send to the background worker (never blocks).
+        crate::analytics::observe(&sandbox, &facts, resp.status().as_u16(), code);
+        // The decision trace: queued when the answer's body has gone out.
+        crate::trace::finish(
+            self.registry.traces(),
+            &sandbox,
+            &mut facts,
+            resp,
+            started.elapsed(),
+        )
     }
 }

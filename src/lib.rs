@@ -15,9 +15,13 @@
 //! - [`tenants`], [`store`]: tenants and their credentials, the store
 //! - [`config`], [`sandbox`]: typed configuration and its compiled form
 //! - [`gateway`], [`admin`], [`run`]: the handlers and their lifecycle
-//! - [`telemetry`]: logs and metrics
+//! - [`telemetry`]: logs and metrics; [`trace_context`]: W3C `traceparent`
+//! - [`analytics`]: usage events, sinks, engagement score, alerts (off the
+//!   request path)
+//! - [`trace`]: decision traces and the request log (`/_sandbox/requests`)
 
 pub mod admin;
+pub mod analytics;
 pub mod body;
 pub mod clock;
 pub mod config;
@@ -32,6 +36,8 @@ pub mod issuer;
 pub mod jwt;
 pub mod limits;
 pub mod mtls;
+#[cfg(feature = "otlp")]
+pub mod otel;
 pub mod pipeline;
 pub mod refusal;
 pub mod run;
@@ -42,6 +48,8 @@ pub mod store;
 pub mod telemetry;
 pub mod tenant_api;
 pub mod tenants;
+pub mod trace;
+pub mod trace_context;
 pub mod upstream;
 
 pub use run::{Running, StartError, start};

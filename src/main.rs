@@ -193,7 +193,9 @@ fn main() -> ExitCode {
                 log_format,
             } => {
                 sandgate::telemetry::init_logging(log_format);
-                serve(
+                #[cfg(feature = "otlp")]
+                sandgate::otel::init();
+                let code = serve(
                     config,
                     Overrides {
                         listen,
@@ -201,7 +203,10 @@ fn main() -> ExitCode {
                         check_only: false,
                     },
                 )
-                .await
+                .await;
+                #[cfg(feature = "otlp")]
+                sandgate::otel::shutdown();
+                code
             }
         }
     })

@@ -492,6 +492,12 @@ pub enum Refusal {
         /// The time asked for (RFC 3339).
         asked: String,
     },
+    /// No request with this id in the tenant's request log (another
+    /// tenant's id answers exactly the same).
+    RequestNotFound {
+        /// The request id asked for.
+        request_id: String,
+    },
     /// A test-clock request that cannot be understood.
     InvalidClockRequest {
         /// What is wrong with it.
@@ -568,6 +574,7 @@ impl Refusal {
             Refusal::IdempotencyConflict => "idempotency_conflict",
             Refusal::ClockBackwards { .. } => "clock_backwards",
             Refusal::InvalidClockRequest { .. } => "invalid_clock_request",
+            Refusal::RequestNotFound { .. } => "request_not_found",
             Refusal::Internal => "internal_error",
         }
     }
@@ -639,6 +646,7 @@ impl Refusal {
             | Refusal::InvalidClockRequest { .. } => StatusCode::BAD_REQUEST,
             Refusal::DryRunRequired { .. } => StatusCode::PRECONDITION_REQUIRED,
             Refusal::IdempotencyConflict => StatusCode::CONFLICT,
+            Refusal::RequestNotFound { .. } => StatusCode::NOT_FOUND,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -708,7 +716,9 @@ impl Refusal {
             Refusal::InvalidIdempotencyKey { .. }
             | Refusal::IdempotencyKeyReused { .. }
             | Refusal::IdempotencyConflict => Stage::Idempotency,
-            Refusal::ClockBackwards { .. } | Refusal::InvalidClockRequest { .. } => Stage::Sandbox,
+            Refusal::ClockBackwards { .. }
+            | Refusal::InvalidClockRequest { .. }
+            | Refusal::RequestNotFound { .. } => Stage::Sandbox,
         }
     }
 
@@ -778,6 +788,7 @@ impl Refusal {
             Refusal::IdempotencyConflict => "Request with this Idempotency-Key in progress",
             Refusal::ClockBackwards { .. } => "Test clock cannot go backwards",
             Refusal::InvalidClockRequest { .. } => "Test clock request not understood",
+            Refusal::RequestNotFound { .. } => "No such request in the request log",
             Refusal::Internal => "Internal gateway error",
         }
     }
@@ -850,7 +861,8 @@ impl Refusal {
             | Refusal::IdempotencyKeyReused { .. }
             | Refusal::IdempotencyConflict
             | Refusal::ClockBackwards { .. }
-            | Refusal::InvalidClockRequest { .. } => None,
+            | Refusal::InvalidClockRequest { .. }
+            | Refusal::RequestNotFound { .. } => None,
             Refusal::UnreadableBody
             | Refusal::InvalidPath { .. }
             | Refusal::AdminNotFound { .. }
@@ -1091,6 +1103,9 @@ impl Refusal {
                 "The sandbox's test clock is at {now}; it only moves forward, and {asked} is earlier."
             ),
             Refusal::InvalidClockRequest { why } => format!("The test clock request {why}."),
+            Refusal::RequestNotFound { request_id } => {
+                format!("No request with id '{request_id}' is in this sandbox's request log.")
+            }
             Refusal::IssuerKeysUnavailable { issuer } => format!(
                 "The key set of '{issuer}' could not be fetched since the gateway started, so no token of it can be verified yet."
             ),
@@ -1321,6 +1336,9 @@ impl Refusal {
             Refusal::InvalidClockRequest { .. } => {
                 "Send {\"frozen_time\": \"2027-01-01T00:00:00Z\"} or {\"advance\": \"30d\"} (exactly one of them).".into()
             }
+            Refusal::RequestNotFound { .. } => {
+                "Use the X-Request-Id of an answer sent to this sandbox's own credentials; the log keeps the latest requests (traces.max_per_tenant) for traces.max_age. GET /_sandbox/requests lists them.".into()
+            }
             Refusal::Internal => "Retry; if it persists, report the request id to the sandbox operators.".into(),
         }
     }
@@ -1350,6 +1368,13 @@ impl Refusal {
     /// Renders the refusal as RFC 9457 problem+json. The only place a refusal
     /// becomes a response.
     pub fn into_response(self, request_id: &str) -> Response<Body> {
+        self.into_response_traced(request_id, None)
+    }
+
+    /// Renders the refusal like [`Refusal::into_response`], with a `trace`
+    /// member (the path of the request's decision trace) when the caller
+    /// was identified and its trace is kept.
+    pub fn into_response_traced(self, request_id: &str, trace: Option<&str>) -> Response<Body> {
         let mut body = Map::new();
         let code = self.code();
         body.insert(
@@ -1370,6 +1395,9 @@ impl Refusal {
         body.insert("hint".into(), json!(self.hint()));
         body.insert("request_id".into(), json!(request_id));
         body.insert("retryable".into(), json!(self.retryable()));
+        if let Some(trace) = trace {
+            body.insert("trace".into(), json!(trace));
+        }
         match &self {
             Refusal::UnknownOperation { nearest, .. } if !nearest.is_empty() => {
                 body.insert("nearest".into(), json!(nearest));

@@ -127,7 +127,7 @@ struct Bound {
 /// listener, signals and reloads stay on the caller's runtime.
 pub async fn start(source: Source, overrides: Overrides) -> Result<Running, StartError> {
     crate::telemetry::prometheus();
-    let sandbox = Sandbox::load(&source, &overrides)?;
+    let mut sandbox = Sandbox::load(&source, &overrides)?;
     let grace = sandbox.timeouts.shutdown_grace.get();
     let workers = sandbox.workers;
 
@@ -159,13 +159,13 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         source: e,
     })?;
 
-    let store = open_store(&sandbox.store, &source).await?;
-    let gateway = Arc::new(Gateway::new(
-        sandbox,
-        source,
-        overrides,
-        Registry::new(store),
+    let store: SharedStore = Arc::new(crate::store::Measured::new(
+        open_store(&sandbox.store, &source).await?,
     ));
+    let registry = Registry::new(store);
+    // Usage analytics: the worker, its sinks and alerts, off the request path.
+    let analytics = crate::analytics::start(&mut sandbox, &registry);
+    let gateway = Arc::new(Gateway::new(sandbox, source, overrides, registry));
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, workers_done) = mpsc::unbounded_channel();
 
@@ -249,8 +249,16 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         });
     };
     until_stopped(Box::pin(sweep_expired(gateway.clone())));
+    until_stopped(analytics);
     until_stopped(Box::pin(forget_idle_limits(gateway.clone())));
     until_stopped(Box::pin(write_quota_counts(gateway.clone())));
+    // Decision traces: the queue's one writer, batching into the store.
+    let gw = gateway.clone();
+    until_stopped(Box::pin(crate::trace::write_behind(
+        gateway.registry().traces().clone(),
+        gateway.registry().background_store().clone(),
+        move || gw.sandbox().traces.clone(),
+    )));
     tokio::spawn(server::serve(
         admin_listener,
         None,
@@ -295,6 +303,12 @@ impl Running {
         })
         .await
         .is_ok();
+        // Traces still queued are written while the writer still runs.
+        self.gateway
+            .registry()
+            .traces()
+            .settle(std::time::Duration::from_secs(1))
+            .await;
         let _ = self.admin_stop.send(true);
         self.admin_tracker.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.admin_tracker.wait())
@@ -371,8 +385,10 @@ async fn sweep_expired(gateway: Arc<Gateway>) {
             .await
         {
             Ok(ids) => {
+                let sandbox = gateway.sandbox();
                 for id in &ids {
                     tracing::info!(tenant = %id, "sandbox expired");
+                    crate::analytics::expired(&sandbox, id);
                 }
                 metrics::counter!("sandgate_sandboxes_expired_total").increment(ids.len() as u64);
             }

@@ -128,6 +128,10 @@ pub struct Sandbox {
     pub plans: crate::limits::Plans,
     /// Seed profiles (`seeds/*.yaml`).
     pub seeds: crate::state::seed::Seeds,
+    /// Usage analytics: compiled settings and the running worker.
+    pub analytics: crate::analytics::Analytics,
+    /// Decision traces (`traces:`).
+    pub traces: crate::trace::Settings,
 }
 
 impl Sandbox {
@@ -137,6 +141,7 @@ impl Sandbox {
     pub fn inherit(&mut self, previous: &Sandbox) {
         self.jwt.inherit_keys(&previous.jwt);
         self.plans.inherit(&previous.plans);
+        self.analytics.inherit(&previous.analytics);
         if let (Some(new), Some(old)) = (&mut self.builtin_issuer, &previous.builtin_issuer) {
             new.inherit_key(old);
             // The verifier of the built-in issuer must use the kept key.
@@ -442,6 +447,11 @@ impl Sandbox {
                 crate::state::seed::Seeds::default()
             }
         };
+        errors.extend(crate::analytics::config::check(
+            &config.analytics,
+            &names,
+            &file,
+        ));
         if !errors.is_empty() {
             errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
             return Err(ConfigErrors(errors));
@@ -452,10 +462,19 @@ impl Sandbox {
             .collect();
         apis.sort_by_key(|a| std::cmp::Reverse(a.prefix.len()));
         static SANDBOX_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = SANDBOX_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let analytics = crate::analytics::Analytics::new(crate::analytics::Settings::build(
+            &config.analytics,
+            &apis,
+            source,
+            id,
+        ));
         Ok(Sandbox {
             plans,
             seeds,
-            id: SANDBOX_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            analytics,
+            traces: crate::trace::Settings::new(&config.traces),
+            id,
             hosts: config
                 .hosts
                 .iter()

@@ -95,6 +95,8 @@ pub struct RequestCompleted<'a> {
     pub api: Option<(&'a str, &'a ApiMetrics)>,
     /// The operation id, when resolved.
     pub operation: Option<&'a str>,
+    /// The API's mode (`upstream`, `facade`, `hybrid`, `record`), when routed.
+    pub mode: Option<&'static str>,
     /// The identified tenant (a log field only: never a metric label).
     pub tenant: Option<&'a str>,
     /// The method.
@@ -105,8 +107,14 @@ pub struct RequestCompleted<'a> {
     pub code: Option<&'static str>,
     /// Where the answer came from.
     pub source: Option<&'static str>,
+    /// Whether this was a dry-run write.
+    pub dry_run: bool,
     /// Time from request head to response head.
     pub latency: Duration,
+    /// Time to the backend's response head, when a backend answered.
+    pub upstream_latency: Option<Duration>,
+    /// The W3C trace of the request.
+    pub trace: &'a crate::trace_context::TraceContext,
 }
 
 impl RequestCompleted<'_> {
@@ -128,12 +136,16 @@ impl RequestCompleted<'_> {
             request_id = self.request_id,
             api = self.api.map(|(n, _)| n),
             operation = self.operation,
+            mode = self.mode,
             tenant = self.tenant,
             method = %self.method,
             status = self.status,
             code = self.code,
             source = self.source,
+            dry_run = self.dry_run,
             latency_ms = self.latency.as_secs_f64() * 1000.0,
+            upstream_latency_ms = self.upstream_latency.map(|d| d.as_secs_f64() * 1000.0),
+            trace_id = %self.trace.trace_id(),
         );
     }
 }
@@ -145,6 +157,38 @@ impl RequestRefused<'_> {
     /// Counts the refusal by stage and code.
     pub fn emit(&self) {
         metrics::counter!("sandgate_refusals_total", "stage" => self.0.stage().as_str(), "code" => self.0.code()).increment(1);
+    }
+}
+
+/// The limit stage decided on a request under a plan: allowed (`None`) or
+/// the refusal.
+pub struct LimitDecided<'a>(pub Option<&'a Refusal>);
+
+/// `sandgate_limit_decisions_total`, by outcome: `allowed` or the refusal code.
+static LIMIT_DECISIONS: std::sync::LazyLock<[Counter; 5]> = std::sync::LazyLock::new(|| {
+    LIMIT_OUTCOMES.map(|o| metrics::counter!("sandgate_limit_decisions_total", "outcome" => o))
+});
+const LIMIT_OUTCOMES: [&str; 5] = [
+    "allowed",
+    "rate_limited",
+    "quota_exhausted",
+    "too_many_in_flight",
+    "limits_unavailable",
+];
+
+impl LimitDecided<'_> {
+    /// Counts the decision.
+    pub fn emit(&self) {
+        let code = self.0.map_or("allowed", Refusal::code);
+        let i = LIMIT_OUTCOMES.iter().position(|o| *o == code);
+        match i {
+            Some(i) => LIMIT_DECISIONS[i].increment(1),
+            // A refusal the limit stage does not make itself (a store
+            // failure reading the plan): counted under its own code.
+            None => {
+                metrics::counter!("sandgate_limit_decisions_total", "outcome" => code).increment(1)
+            }
+        }
     }
 }
 

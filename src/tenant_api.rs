@@ -3,11 +3,16 @@
 //!
 //! ```text
 //! GET    /_sandbox/usage    the tenant's standing against its plan
+//! GET    /_sandbox/help     its APIs, documentation links and these endpoints
+//!                           (`?feature=<operationId>` names what it is about)
 //! GET    /_sandbox/clock    the tenant's test clock
 //! POST   /_sandbox/clock    {"frozen_time": "2027-01-01T00:00:00Z"} or {"advance": "30d"}
 //! DELETE /_sandbox/clock    back to real time
 //! POST   /_sandbox/reset    wipe its state, idempotency records and clock,
 //!                           then load its seed profile again
+//! GET    /_sandbox/requests  the request log, newest first (crate::trace)
+//! GET    /_sandbox/requests/{request_id}
+//!                           one request's decision trace
 //! POST   /_sandbox/{resource}/{id}/{action}
 //!                           a scenario file's test helper action,
 //!                           e.g. payment_intents/pi_…/authenticate
@@ -49,13 +54,21 @@ pub enum Endpoint {
     Reset,
     /// `POST /_sandbox/{resource}/{id}/{action}`.
     Action,
+    /// `GET /_sandbox/help` (analytics: `sandbox_help_requested`).
+    Help,
+    /// `GET /_sandbox/requests`.
+    Requests,
+    /// `GET /_sandbox/requests/{request_id}`.
+    Request,
 }
 
 impl Endpoint {
     /// The methods it answers.
     const fn methods(self) -> &'static [&'static str] {
         match self {
-            Endpoint::Usage => &["GET", "HEAD"],
+            Endpoint::Usage | Endpoint::Help | Endpoint::Requests | Endpoint::Request => {
+                &["GET", "HEAD"]
+            }
             Endpoint::Clock => &["GET", "HEAD", "POST", "DELETE"],
             Endpoint::Reset | Endpoint::Action => &["POST"],
         }
@@ -72,8 +85,16 @@ pub fn endpoint(sandbox: &Sandbox, path: &str) -> Option<Endpoint> {
         "/_sandbox/usage" => Some(Endpoint::Usage),
         "/_sandbox/clock" => Some(Endpoint::Clock),
         "/_sandbox/reset" => Some(Endpoint::Reset),
+        "/_sandbox/help" => Some(Endpoint::Help),
+        "/_sandbox/requests" => Some(Endpoint::Requests),
         _ => {
             let rest = path.strip_prefix(PREFIX)?;
+            if rest
+                .strip_prefix("requests/")
+                .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+            {
+                return Some(Endpoint::Request);
+            }
             (rest.split('/').count() == 3 && rest.split('/').all(|s| !s.is_empty()))
                 .then_some(Endpoint::Action)
         }
@@ -81,15 +102,21 @@ pub fn endpoint(sandbox: &Sandbox, path: &str) -> Option<Endpoint> {
 }
 
 /// Answers a tenant endpoint: identifies the caller, then answers about
-/// its own sandbox only. `dry_run`: a change is computed, not made.
+/// its own sandbox only. With `facts.dry_run` a change is computed, not
+/// made. The caller's identity goes into the decision trace; lookups of
+/// the request log are not traced themselves.
 pub async fn serve(
     endpoint: Endpoint,
     sandbox: &Sandbox,
     registry: &Registry,
     req: Request<Incoming>,
     conn: &Arc<ConnInfo>,
-    dry_run: bool,
+    facts: &mut crate::pipeline::RequestFacts,
 ) -> Result<Response<Body>, Refusal> {
+    let dry_run = facts.dry_run;
+    if matches!(endpoint, Endpoint::Requests | Endpoint::Request) {
+        facts.trace.unkept();
+    }
     if !endpoint.methods().contains(&req.method().as_str()) {
         return Err(Refusal::MethodNotAllowed {
             api: API_NAME.into(),
@@ -98,6 +125,7 @@ pub async fn serve(
             allow: endpoint.methods().iter().map(|m| (*m).to_owned()).collect(),
         });
     }
+    facts.trace.enter("identify");
     let principal = crate::pipeline::identify::caller(
         API_NAME,
         sandbox,
@@ -106,7 +134,37 @@ pub async fn serve(
         registry,
     )
     .await?;
+    facts.trace.identified(&principal, &req);
+    facts.trace.enter("sandbox");
     match endpoint {
+        Endpoint::Requests => {
+            crate::trace::api::list(
+                sandbox,
+                registry,
+                &principal.tenant.id,
+                req.uri().query(),
+                Stage::Sandbox,
+            )
+            .await
+        }
+        Endpoint::Request => {
+            let id = req
+                .uri()
+                .path()
+                .strip_prefix(crate::trace::LOOKUP_PREFIX)
+                .unwrap_or_default();
+            // A partner reading why a request went as it did is asking for
+            // help (analytics: sandbox_help_requested, about that operation).
+            crate::trace::api::get(registry, &principal.tenant.id, id, Stage::Sandbox, |t| {
+                crate::analytics::help_requested(
+                    sandbox,
+                    &principal.tenant.id,
+                    "trace_lookup",
+                    t["operation"].as_str(),
+                );
+            })
+            .await
+        }
         Endpoint::Usage => {
             let usage = crate::limits::usage(&sandbox.plans, registry, &principal.tenant)
                 .await
@@ -122,6 +180,23 @@ pub async fn serve(
             })))
         }
         Endpoint::Clock => clock(registry, &principal.tenant.id, req, dry_run).await,
+        Endpoint::Help => {
+            let feature = req.uri().query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "feature")
+                    .map(|(_, v)| v.into_owned())
+            });
+            crate::analytics::help_requested(
+                sandbox,
+                &principal.tenant.id,
+                "help_page",
+                feature.as_deref(),
+            );
+            Ok(json_response(&crate::analytics::help::page(
+                sandbox,
+                &principal.tenant,
+            )))
+        }
         Endpoint::Reset if dry_run => Ok(json_response(&json!({
             "sandbox_id": principal.tenant.id,
             "reset": false,

@@ -202,6 +202,8 @@ static REGISTRY_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 #[derive(Clone)]
 pub struct Registry {
     store: SharedStore,
+    /// The same store, as background workers use it.
+    background: SharedStore,
     by_key: moka::sync::Cache<String, std::sync::Arc<Tenant>>,
     by_id: moka::sync::Cache<String, std::sync::Arc<Tenant>>,
     /// Tells this registry apart from others in the same process.
@@ -213,6 +215,8 @@ pub struct Registry {
     quotas: std::sync::Arc<crate::limits::quota::Counters>,
     /// Every tenant's requests in flight.
     in_flight: std::sync::Arc<crate::limits::concurrency::InFlight>,
+    /// The queue of finished decision traces to the background writer.
+    traces: crate::trace::Sink,
 }
 
 fn corrupt(e: serde_json::Error) -> StoreError {
@@ -225,6 +229,8 @@ impl Registry {
         Self {
             quotas: std::sync::Arc::new(crate::limits::quota::Counters::new(store.clone())),
             in_flight: std::sync::Arc::default(),
+            traces: crate::trace::Sink::new(),
+            background: store.for_background().unwrap_or_else(|| store.clone()),
             store,
             by_key: moka::sync::Cache::builder()
                 .max_capacity(100_000)
@@ -259,6 +265,11 @@ impl Registry {
         &self.store
     }
 
+    /// The store as background workers use it ([`crate::store::Store::for_background`]).
+    pub fn background_store(&self) -> &SharedStore {
+        &self.background
+    }
+
     /// The tenants' quota counters.
     pub fn quotas(&self) -> &crate::limits::quota::Counters {
         &self.quotas
@@ -267,6 +278,11 @@ impl Registry {
     /// The tenants' requests in flight.
     pub fn in_flight(&self) -> &std::sync::Arc<crate::limits::concurrency::InFlight> {
         &self.in_flight
+    }
+
+    /// The queue of finished decision traces (`crate::trace`).
+    pub fn traces(&self) -> &crate::trace::Sink {
+        &self.traces
     }
 
     /// Saves a tenant (new or changed) and its API-key index entry.

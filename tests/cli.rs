@@ -752,3 +752,125 @@ async fn sighup_refuses_a_broken_config_and_applies_a_valid_one() {
     gw.signal("-TERM");
     assert_eq!(gw.exit_status().await.code(), Some(0), "{}", gw.stderr());
 }
+
+// ---------------------------------------------------------------- access log
+
+#[tokio::test]
+async fn the_access_log_is_one_json_line_per_request_without_secrets() {
+    let upstream = TestUpstream::echo().await;
+    let config = format!(
+        "listeners:\n  - addr: 127.0.0.1:0\nadmin: {{ token_env: CARGO_PKG_NAME }}\nauth:\n  api_keys: {{ prefix: sk_sandbox_, live_prefixes: [sk_live_] }}\napis:\n  - name: payments\n    prefix: /payments\n    contract: contracts/payments.yaml\n    mode: facade\n  - name: echo\n    prefix: /echo\n    mode: upstream\n    upstream: {{ url: \"http://{}\" }}\n    dry_run: forward\n",
+        upstream.addr
+    );
+    let dir = sandbox_dir(&[
+        ("sandgate.yaml", &config),
+        ("contracts/payments.yaml", PAYMENTS),
+    ]);
+    let gw = Gateway::start(&["--config", dir_arg(&dir), "--log-format", "json"]).await;
+    let c = common::client();
+    let created: serde_json::Value = c
+        .post(gw.admin_url("/internal/sandboxes"))
+        .bearer_auth(env!("CARGO_PKG_NAME"))
+        .json(&serde_json::json!({"prospect_company": "Acme", "prospect_email": "dev@acme.test"}))
+        .send()
+        .await
+        .expect("provision")
+        .json()
+        .await
+        .expect("JSON");
+    let key = created["credentials"]["api_key"]
+        .as_str()
+        .expect("api key")
+        .to_owned();
+    let tenant = created["sandbox_id"]
+        .as_str()
+        .expect("tenant id")
+        .to_owned();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    // Served by the backend, as a dry run, with the caller's trace.
+    let resp = c
+        .post(gw.url("/echo/orders"))
+        .bearer_auth(&key)
+        .header("x-request-id", "req-upstream-1")
+        .header("x-dry-run", "true")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body("{}")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    // Refused by validation, with a card number in the body.
+    let resp = c
+        .post(gw.url("/payments/v1/payment_intents"))
+        .bearer_auth(&key)
+        .header("x-request-id", "req-refused-1")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amount=oops&card[number]=4000000000000002")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 400);
+
+    // The lines are written as the requests complete; wait for both.
+    let mut lines = Vec::new();
+    for _ in 0..POLLS {
+        lines = gw
+            .stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "sandgate::access")
+            .collect::<Vec<_>>();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+    let line = |id: &str| {
+        let found: Vec<&serde_json::Value> =
+            lines.iter().filter(|l| l["request_id"] == id).collect();
+        assert_eq!(found.len(), 1, "one line for {id} in {lines:?}");
+        found[0].clone()
+    };
+    let up = line("req-upstream-1");
+    assert_eq!(up["tenant"], tenant.as_str(), "{up}");
+    assert_eq!(up["api"], "echo", "{up}");
+    assert_eq!(up["mode"], "upstream", "{up}");
+    assert_eq!(up["source"], "upstream", "{up}");
+    assert_eq!(up["status"], 200, "{up}");
+    assert_eq!(up["dry_run"], true, "{up}");
+    assert_eq!(up["trace_id"], trace, "{up}");
+    assert!(up["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{up}");
+    let upstream_ms = up["upstream_latency_ms"]
+        .as_f64()
+        .expect("upstream latency");
+    assert!(
+        upstream_ms > 0.0 && upstream_ms <= up["latency_ms"].as_f64().unwrap_or(0.0),
+        "{up}"
+    );
+    assert!(
+        up.get("code").is_none_or(serde_json::Value::is_null),
+        "{up}"
+    );
+
+    let refused = line("req-refused-1");
+    assert_eq!(refused["api"], "payments", "{refused}");
+    assert_eq!(refused["operation"], "createPaymentIntent", "{refused}");
+    assert_eq!(refused["mode"], "facade", "{refused}");
+    assert_eq!(refused["status"], 400, "{refused}");
+    assert_eq!(refused["code"], "invalid_request", "{refused}");
+    assert_eq!(refused["dry_run"], false, "{refused}");
+    assert!(
+        refused["trace_id"]
+            .as_str()
+            .is_some_and(|t| t.len() == 32 && t != trace),
+        "{refused}"
+    );
+
+    let all = gw.stderr();
+    assert!(!all.contains(&key), "the API key is in the log");
+    assert!(
+        !all.contains("4000000000000002"),
+        "a card number is in the log"
+    );
+}

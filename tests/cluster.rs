@@ -457,10 +457,19 @@ async fn fault_under_load(fault: Fault, mode: &str) {
         "{what}: an answer took {slowest:?}"
     );
     for s in &samples {
-        // After a failure the store is not asked again for one timeout, so
-        // refusals may go on for up to that long after Redis is back.
-        let during = s.sent + s.took >= fault_at && s.sent <= back_at + Duration::from_millis(300);
-        let ok = s.status == 200 || (s.status == 503 && during && mode == "fail_closed");
+        // After a failure the store is not asked again for one timeout, and
+        // a worker's connection may first fail once more (a broken pipe,
+        // then a reconnect), so refusals may go on for a little after Redis
+        // is back: never past the recovery bound checked below.
+        let during = s.sent + s.took >= fault_at && s.sent <= back_at + RECOVERY;
+        // `fail_open` is for limit decisions. Identifying a caller whose
+        // credential is not cached cannot fail open: the test rewrites the
+        // tenant when Redis is back (a killed Redis lost it), which clears
+        // the identity caches, so until the workers have reconnected such a
+        // request is refused `store_unavailable` in either mode.
+        let identity = s.code.as_deref() == Some("store_unavailable");
+        let ok =
+            s.status == 200 || (s.status == 503 && during && (mode == "fail_closed" || identity));
         assert!(ok, "{what}: {s:?} (fault {fault_at:?}..{back_at:?})");
     }
     let refused = samples.iter().filter(|s| s.status == 503).count();
@@ -469,15 +478,18 @@ async fn fault_under_load(fault: Fault, mode: &str) {
     }
     let recovered = samples
         .iter()
-        .filter(|s| s.sent > back_at + Duration::from_millis(500))
+        .filter(|s| s.sent > back_at + RECOVERY)
         .collect::<Vec<_>>();
     assert!(
         !recovered.is_empty() && recovered.iter().all(|s| s.status == 200),
-        "{what}: no recovery within 500 ms"
+        "{what}: no recovery within {RECOVERY:?}"
     );
     assert!(gw.shutdown().await);
     drop(redis);
 }
+
+/// How soon after Redis is back every answer is served again.
+const RECOVERY: Duration = Duration::from_millis(500);
 
 #[tokio::test]
 async fn redis_faults_under_load_are_answered_in_time_in_each_mode() {

@@ -64,7 +64,9 @@ impl Handler for Admin {
                 None => Refusal::Internal.into_response(&request_id),
             },
             (_, path)
-                if path == "/internal/sandboxes" || path.starts_with("/internal/sandboxes/") =>
+                if path == "/internal/sandboxes"
+                    || path.starts_with("/internal/sandboxes/")
+                    || path == "/internal/engagement" =>
             {
                 let sandbox = self.gateway.sandbox();
                 match sandboxes::handle(&self.gateway, &sandbox, req).await {

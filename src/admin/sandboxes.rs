@@ -12,6 +12,10 @@
 //! DELETE /internal/sandboxes/{id}            deactivate, archive, free data
 //! POST   /internal/sandboxes/{id}/reset      wipe the sandbox's data, keep credentials
 //! POST   /internal/sandboxes/{id}/usage/reset  forget its quota counts
+//! GET    /internal/sandboxes/{id}/engagement   engagement score, tier, breakdown
+//! GET    /internal/engagement                  every sandbox's engagement, highest first
+//! GET    /internal/sandboxes/{id}/requests   its request log (crate::trace::api)
+//! GET    /internal/sandboxes/{id}/requests/{request_id}  one decision trace
 //! ```
 
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,7 +28,7 @@ use serde_json::{Value, json};
 
 use crate::body::{Body, full};
 use crate::gateway::Gateway;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, Stage};
 use crate::sandbox::Sandbox;
 use crate::store::StoreError;
 use crate::tenants::{self, DAY, Status, Tenant};
@@ -130,7 +134,29 @@ pub async fn handle(
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
     let not_found = || Refusal::AdminNotFound { path: path.clone() };
+    if path == "/internal/engagement" {
+        return match method {
+            Method::GET => Ok(json_response(
+                StatusCode::OK,
+                &crate::analytics::engagement::all(gw.registry())
+                    .await
+                    .map_err(store_err)?,
+            )),
+            _ => Err(not_found()),
+        };
+    }
     match (method, segments.as_slice()) {
+        (Method::GET, [id, "engagement"]) => {
+            match crate::analytics::engagement::of_tenant(gw.registry(), id)
+                .await
+                .map_err(store_err)?
+            {
+                Some(v) => Ok(json_response(StatusCode::OK, &v)),
+                None => Err(Refusal::SandboxNotFound {
+                    id: (*id).to_owned(),
+                }),
+            }
+        }
         (Method::POST, []) => create(gw, sandbox, req.into_body()).await,
         (Method::GET, []) => list(gw).await,
         (Method::GET, [id, "status"]) => status(gw, sandbox, id).await,
@@ -139,6 +165,16 @@ pub async fn handle(
         (Method::PATCH, [id]) => update(gw, sandbox, id, req.into_body()).await,
         (Method::DELETE, [id]) => deactivate(gw, id).await,
         (Method::POST, [id, "reset"]) => reset(gw, sandbox, id).await,
+        // The request log (decision traces).
+        (Method::GET, [id, "requests"]) => {
+            let t = load(gw, id).await?;
+            let query = req.uri().query();
+            crate::trace::api::list(sandbox, gw.registry(), &t.id, query, Stage::Admin).await
+        }
+        (Method::GET, [id, "requests", request_id]) => {
+            let t = load(gw, id).await?;
+            crate::trace::api::get(gw.registry(), &t.id, request_id, Stage::Admin, |_| {}).await
+        }
         _ => Err(not_found()),
     }
 }
@@ -267,6 +303,7 @@ async fn create(
         None => Default::default(),
     };
     tracing::info!(sandbox_id = %tenant.id, deal_id = ?tenant.deal_id, "sandbox provisioned");
+    crate::analytics::provisioned(sandbox, &tenant, sample_data.values().sum());
     let body = json!({
         "sandbox_id": tenant.id,
         "url": sandbox.public_url,

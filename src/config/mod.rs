@@ -50,10 +50,17 @@ pub struct Config {
     /// Lifecycle rules of tenants.
     #[serde(default)]
     pub tenants: TenantsConfig,
+    /// Decision traces and the request log (`/_sandbox/requests`).
+    #[serde(default)]
+    pub traces: crate::trace::config::TracesConfig,
     /// Threads serving the public listeners, each with its own event loop and
     /// its own `SO_REUSEPORT` socket (like nginx's workers). Default: the
     /// number of CPUs.
     pub workers: Option<std::num::NonZeroUsize>,
+    /// Usage events, their sinks, workflows, milestones and alerts
+    /// (`crate::analytics::config`). Default: on, with no sinks.
+    #[serde(default)]
+    pub analytics: crate::analytics::AnalyticsConfig,
 }
 
 fn default_listeners() -> Vec<ListenerConfig> {
@@ -642,7 +649,8 @@ pub struct RecordConfig {
     /// Body field names (at any depth, case-insensitive) whose values are
     /// replaced by `[scrubbed]` in recorded requests and responses, on top
     /// of the built-in ones (`password`, `secret`, `client_secret`,
-    /// `api_key`, `token`, `access_token`, `refresh_token`, `cvc`, `cvv`).
+    /// `api_key`, `apikey`, `token`, `access_token`, `refresh_token`,
+    /// `id_token`, `authorization`, `cvc`, `cvv`, `pin`).
     pub scrub_fields: Vec<String>,
     /// Largest response body recorded; larger exchanges are proxied but not
     /// recorded. Default: `1MiB`.
@@ -847,6 +855,9 @@ impl Config {
         let mut errors = Vec::new();
         let mut err = |line: u64, msg: String| errors.push(ConfigError::new(file, line, msg));
 
+        for (line, message) in self.traces.check() {
+            err(line, message);
+        }
         if self.listeners.is_empty() {
             err(
                 0,

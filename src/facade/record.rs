@@ -13,27 +13,14 @@
 //! Files are written whole under a temporary name and then renamed, so a
 //! reload never reads half a recording.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::scenarios::looks_like_card;
-
-/// Field names always scrubbed (compared case-insensitively).
-const BUILTIN_SCRUB: [&str; 9] = [
-    "password",
-    "secret",
-    "client_secret",
-    "api_key",
-    "token",
-    "access_token",
-    "refresh_token",
-    "cvc",
-    "cvv",
-];
+use crate::trace::scrub::Scrubber;
 
 /// Well-known public test card numbers (Stripe's), kept as they are even
 /// when no scenario rule lists them.
@@ -73,8 +60,7 @@ const DROPPED_HEADERS: [&str; 12] = [
 pub struct Recorder {
     api: String,
     dir: PathBuf,
-    scrub: HashSet<String>,
-    test_cards: HashSet<String>,
+    scrub: Scrubber,
     /// Largest response body recorded.
     pub max_body: usize,
     seq: AtomicU64,
@@ -138,16 +124,10 @@ impl Recorder {
         Recorder {
             api: api.to_owned(),
             dir,
-            scrub: BUILTIN_SCRUB
-                .iter()
-                .map(|s| (*s).to_owned())
-                .chain(scrub_fields.iter().map(|s| s.to_ascii_lowercase()))
-                .collect(),
-            test_cards: TEST_CARDS
-                .iter()
-                .map(|s| (*s).to_owned())
-                .chain(test_cards)
-                .collect(),
+            scrub: Scrubber::for_recording(
+                scrub_fields,
+                TEST_CARDS.iter().map(|s| (*s).to_owned()).chain(test_cards),
+            ),
             max_body,
             seq: AtomicU64::new(0),
         }
@@ -179,10 +159,10 @@ impl Recorder {
                 form_urlencoded::parse(q.as_bytes())
                     .into_owned()
                     .map(|(k, v)| {
-                        let v = if self.scrub.contains(&k.to_ascii_lowercase()) {
-                            "[scrubbed]".to_owned()
+                        let v = if self.scrub.is_secret_field(&k) {
+                            crate::trace::scrub::SCRUBBED.to_owned()
                         } else {
-                            self.mask_card(&v)
+                            self.scrub.text(&v).into_owned()
                         };
                         (k, v)
                     })
@@ -263,42 +243,7 @@ impl Recorder {
     }
 
     fn scrubbed(&self, v: Value) -> Value {
-        match v {
-            Value::Object(o) => Value::Object(
-                o.into_iter()
-                    .map(|(k, v)| {
-                        if self.scrub.contains(&k.to_ascii_lowercase()) && !v.is_null() {
-                            (k, Value::String("[scrubbed]".into()))
-                        } else {
-                            (k, self.scrubbed(v))
-                        }
-                    })
-                    .collect(),
-            ),
-            Value::Array(a) => Value::Array(a.into_iter().map(|v| self.scrubbed(v)).collect()),
-            Value::String(s) => Value::String(escape_template(&self.mask_card(&s))),
-            other => other,
-        }
-    }
-
-    /// `s` with every real-looking card number in it (not a test card)
-    /// masked to its last four digits.
-    fn mask_card(&self, s: &str) -> String {
-        static CANDIDATE: std::sync::LazyLock<Option<regex::Regex>> =
-            std::sync::LazyLock::new(|| regex::Regex::new(r"[0-9](?:[0-9 -]{10,30})[0-9]").ok());
-        let Some(re) = CANDIDATE.as_ref() else {
-            return s.to_owned();
-        };
-        re.replace_all(s, |c: &regex::Captures<'_>| {
-            let run = &c[0];
-            let digits: String = run.chars().filter(char::is_ascii_digit).collect();
-            if !looks_like_card(run) || self.test_cards.contains(&digits) {
-                return run.to_owned();
-            }
-            let keep = digits.len().saturating_sub(4);
-            format!("{}{}", "*".repeat(keep), &digits[keep..])
-        })
-        .into_owned()
+        self.scrub.json_with(v, &|s| escape_template(&s))
     }
 }
 

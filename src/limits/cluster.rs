@@ -159,8 +159,22 @@ pub async fn decide(
         };
         inv.arg(q.requests).arg(ttl_ms);
     }
-    let mut conn = redis.connection().await?;
-    let out: Vec<i64> = redis.bounded(inv.invoke_async(&mut conn)).await?;
+    // Measured like the store's own operations (`store::Measured`), under
+    // op `limit_decision`: this script is the one Redis call on the hot path.
+    static DURATION: std::sync::LazyLock<metrics::Histogram> = std::sync::LazyLock::new(
+        || metrics::histogram!("sandgate_store_duration_seconds", "store" => "redis", "op" => "limit_decision"),
+    );
+    static ERRORS: std::sync::LazyLock<metrics::Counter> = std::sync::LazyLock::new(
+        || metrics::counter!("sandgate_store_errors_total", "store" => "redis", "op" => "limit_decision"),
+    );
+    let started = std::time::Instant::now();
+    let out: Result<Vec<i64>, StoreError> = async {
+        let mut conn = redis.connection().await?;
+        redis.bounded(inv.invoke_async(&mut conn)).await
+    }
+    .await;
+    DURATION.record(started.elapsed().as_secs_f64());
+    let out = out.inspect_err(|_| ERRORS.increment(1))?;
     match out.as_slice() {
         [0, rest @ ..] => Ok(Outcome::Allowed(standings(rest))),
         [1, index, wait] => Ok(Outcome::Limited {

@@ -87,11 +87,13 @@ pub async fn dispatch(
             // Read (within its limit) even when no rule looks at it, so an
             // oversized chunked upload is refused, not ignored.
             let bytes = read(api, body).await?;
+            facts.trace.request_body(&bytes);
             facade(&routed, &parts, &bytes, conn, state, facts).await
         }
         Mode::Upstream => proxy(&routed, parts, body, conn, principal, facts).await,
         Mode::Hybrid => {
             let bytes = read(api, body).await?;
+            facts.trace.request_body(&bytes);
             let typed = typed_body(&routed, &parts, &bytes);
             if let Some(answer) = rules(&routed, &parts, typed.as_ref(), conn, facts).await {
                 return answer;
@@ -108,6 +110,7 @@ pub async fn dispatch(
         }
         Mode::Record => {
             let bytes = read(api, body).await?;
+            facts.trace.request_body(&bytes);
             let typed = typed_body(&routed, &parts, &bytes);
             let method = parts.method.clone();
             let path = routed.api_path(parts.uri.path()).to_owned();
@@ -266,6 +269,13 @@ async fn facade(
         };
         if let Some(answer) = crate::state::answer(api, compiled, req, ctx).await {
             facts.source = Some(AnswerSource::State);
+            // analytics: a committed creation is the tenant's own data.
+            if let (true, Ok(resp), Some(Some((resource, crate::state::Role::Create)))) =
+                (ctx.commit, &answer, compiled.roles.get(index))
+                && resp.status().is_success()
+            {
+                facts.created = Some((*resource, 1));
+            }
             return answer;
         }
     }
@@ -324,7 +334,10 @@ async fn proxy(
         request_id: &facts.request_id,
         tenant: principal.map(|p| p.tenant.id.as_str()),
         clock: facts.tenant_now.filter(|_| facts.clock_set),
+        capture: facts.trace.capture(&body),
+        trace: &facts.trace_context,
     };
+    let sent = std::time::Instant::now();
     let resp = upstream
         .forward(
             permit,
@@ -335,7 +348,9 @@ async fn proxy(
             &api.max_body_rule,
             fwd,
         )
-        .await?;
+        .await;
+    facts.upstream_latency = Some(sent.elapsed());
+    let resp = resp?;
     match (&api.drift, api.contract.as_ref(), routed.operation) {
         (Some(checker), Some(contract), Some(op)) if checker.sampled() => {
             check_drift(api, checker, contract, op, resp).await
@@ -366,6 +381,7 @@ async fn simulate(
 ) -> Result<Response<Body>, Refusal> {
     let api = routed.api;
     let bytes = read(api, body).await?;
+    facts.trace.request_body(&bytes);
     if api.contract.is_some() && routed.operation.is_some() {
         return facade(routed, parts, &bytes, conn, None, facts).await;
     }

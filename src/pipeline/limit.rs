@@ -41,7 +41,8 @@ fn seconds_up(d: Duration) -> u64 {
 
 /// Checks `principal`'s plan for a request of `routed`, and puts where the
 /// tenant stands (allowed or refused) in `standing`; it stays `None` when
-/// the tenant's plan sets no rate for the request.
+/// the tenant's plan sets no rate for the request. Every decision is
+/// counted (`sandgate_limit_decisions_total{outcome}`).
 pub async fn limit(
     sandbox: &Sandbox,
     registry: &crate::tenants::Registry,
@@ -50,10 +51,23 @@ pub async fn limit(
     standing_out: &mut Option<Standing>,
     slot_out: &mut Option<crate::limits::concurrency::Slot>,
 ) -> Result<(), Refusal> {
-    let plans = &sandbox.plans;
-    if plans.plans.is_empty() {
+    if sandbox.plans.plans.is_empty() {
         return Ok(());
     }
+    let decided = decide(sandbox, registry, routed, principal, standing_out, slot_out).await;
+    crate::telemetry::LimitDecided(decided.as_ref().err()).emit();
+    decided
+}
+
+async fn decide(
+    sandbox: &Sandbox,
+    registry: &crate::tenants::Registry,
+    routed: &Routed<'_>,
+    principal: &Principal,
+    standing_out: &mut Option<Standing>,
+    slot_out: &mut Option<crate::limits::concurrency::Slot>,
+) -> Result<(), Refusal> {
+    let plans = &sandbox.plans;
     let tenant = &principal.tenant;
     let Some(plan) = plans
         .get(&tenant.plan)
@@ -187,13 +201,13 @@ fn store_failed(
     let store = registry.store().kind();
     match sandbox.store.on_error {
         crate::config::OnStoreError::FailOpen => {
-            metrics::counter!("sandgate_limit_decisions_total", "outcome" => "fail_open")
+            metrics::counter!("sandgate_limit_store_failures_total", "on_error" => "fail_open")
                 .increment(1);
             tracing::warn!(error = %e, store, "limit counters unavailable; allowing (store.on_error: fail_open)");
             Ok(())
         }
         crate::config::OnStoreError::FailClosed => {
-            metrics::counter!("sandgate_limit_decisions_total", "outcome" => "fail_closed")
+            metrics::counter!("sandgate_limit_store_failures_total", "on_error" => "fail_closed")
                 .increment(1);
             tracing::warn!(error = %e, store, "limit counters unavailable; refusing (store.on_error: fail_closed)");
             Err(Refusal::LimitsUnavailable { store })

@@ -70,6 +70,21 @@ pub struct RequestFacts {
     /// Whether the tenant's test clock is set (then `tenant_now` is its
     /// frozen instant, forwarded to backends as `Sandgate-Clock`).
     pub clock_set: bool,
+    /// The decision trace: what each stage decided, and why.
+    pub trace: crate::trace::Recorder,
+    /// The W3C trace this request belongs to (the caller's `traceparent`,
+    /// or a new trace) and the gateway's span in it.
+    pub trace_context: crate::trace_context::TraceContext,
+    /// Time from sending the request to a backend to its response head,
+    /// when the answer came from one.
+    pub upstream_latency: Option<std::time::Duration>,
+    /// How the identified caller proved who it is (analytics' login method).
+    pub login_method: Option<identify::Via>,
+    /// The stage that refused the request, when one did (set in the respond step).
+    pub refused_stage: Option<&'static str>,
+    /// State this request created, for analytics: (resource index in the
+    /// API's `state`, objects created). Never set for a dry run.
+    pub created: Option<(usize, u32)>,
 }
 
 /// Runs the stages in order.
@@ -80,30 +95,46 @@ pub async fn run(
     conn: &Arc<ConnInfo>,
     facts: &mut RequestFacts,
 ) -> Result<Response<Body>, Refusal> {
+    // Every stage opens its entry in the decision trace (`facts.trace`)
+    // before it runs; a refusal closes the open one as `refused`.
     // edge: refuse oversized or non-canonical heads before any routing work.
+    facts.trace.enter("edge");
     crate::edge::check_head(&sandbox.limits, &req)?;
+    facts
+        .trace
+        .note("request head within the edge limits; canonical path");
     // X-Dry-Run: a bad value is refused before any work (the decision to
     // simulate is dispatch's).
+    facts.trace.enter("dry_run");
     facts.dry_run_asked = dry_run::parse(req.method(), req.headers())?;
     facts.dry_run = facts.dry_run_asked == dry_run::Asked::Write;
+    facts
+        .trace
+        .note(crate::trace::reasons::dry_run(facts.dry_run_asked));
     // sandbox endpoints: the built-in token issuer answers its own paths
     // (on this sandbox's hosts) before any API is considered.
     if let Some(endpoint) = crate::issuer::endpoint(sandbox, req.uri().path()) {
+        facts.trace.enter("route");
         route::check_host(sandbox, &req)?;
+        facts.trace.enter("sandbox");
         return crate::issuer::serve(endpoint, sandbox, registry, req).await;
     }
     // The tenant's own endpoints (/_sandbox/usage), with its credentials.
     if let Some(endpoint) = crate::tenant_api::endpoint(sandbox, req.uri().path()) {
+        facts.trace.enter("route");
         route::check_host(sandbox, &req)?;
-        return crate::tenant_api::serve(endpoint, sandbox, registry, req, conn, facts.dry_run)
-            .await;
+        facts.trace.note("a sandbox endpoint (/_sandbox/…)");
+        return crate::tenant_api::serve(endpoint, sandbox, registry, req, conn, facts).await;
     }
     // route: the API and operation decide every later stage's rules.
+    facts.trace.enter("route");
     let routed = route::route(sandbox, &req)?;
     facts.api = Some(routed.api_index);
     facts.operation = routed.operation;
+    facts.trace.note_route();
     // identify: who is calling, from sandbox credentials only (the API
     // decides whether credentials are needed, so this follows route).
+    facts.trace.enter("identify");
     let principal = identify::identify(
         routed.api,
         sandbox,
@@ -112,13 +143,27 @@ pub async fn run(
         registry,
     )
     .await?;
+    match &principal {
+        Some(p) => facts.trace.identified(p, &req),
+        None => facts
+            .trace
+            .skipped("the API is public: no credentials needed"),
+    }
     // admit: the tenant's sandbox is active and includes this API.
+    facts.trace.enter("admit");
     if let Some(p) = &principal {
         admit::admit(routed.api, p, crate::tenants::now_secs())?;
         facts.tenant = Some(p.tenant.id.clone());
+        facts.login_method = Some(p.via);
+        facts
+            .trace
+            .note_with(|| crate::trace::reasons::admitted(p, &routed.api.name));
+    } else {
+        facts.trace.skipped("anonymous caller");
     }
     // require_dry_run: a policy may allow some writes only as dry runs
     // (it looks at the caller's scopes, so it follows identify).
+    facts.trace.enter("require_dry_run");
     dry_run::require(
         routed.api,
         req.method(),
@@ -126,14 +171,22 @@ pub async fn run(
         principal.as_ref(),
         facts.dry_run_asked,
     )?;
+    facts
+        .trace
+        .note("no require_dry_run rule stops this request");
     // The tenant's clock, once per request (cached): what later stages
     // and the backend take as "now".
     if let Some(p) = &principal {
+        facts.trace.enter("clock");
         let time = tenant_time(sandbox, registry, &p.tenant.id).await?;
         facts.tenant_now = Some(time.now);
         facts.clock_set = time.set;
+        facts
+            .trace
+            .note_with(|| crate::trace::reasons::clock(time.now, time.set));
     }
     // limit: the tenant's plan (rates); its standing goes on every answer.
+    facts.trace.enter("limit");
     if let Some(p) = &principal {
         limit::limit(
             sandbox,
@@ -144,14 +197,28 @@ pub async fn run(
             &mut facts.slot,
         )
         .await?;
+        let standing = facts.standing.as_ref();
+        facts
+            .trace
+            .note_with(|| crate::trace::reasons::limit(&p.tenant.plan, standing));
+    } else {
+        facts.trace.skipped("anonymous caller: no plan");
     }
     // validate: the request against the contract (reads a documented body).
+    facts.trace.enter("validate");
     let (parts, body) = req.into_parts();
-    let (body, report) =
-        validate::validate(&routed, &parts, crate::body::RequestBody::Streaming(body)).await?;
+    let (body, report) = validate::validate(
+        &routed,
+        &parts,
+        crate::body::RequestBody::Streaming(body),
+        &mut facts.trace,
+    )
+    .await?;
+    crate::trace::reasons::validated(&mut facts.trace, &routed, report.as_ref(), &body);
     // idempotency: a repeated key replays the stored answer; a key in use
     // or reused is refused; otherwise this request claims it. After every
     // refusal that can happen before dispatch, so those are never stored.
+    facts.trace.enter("idempotency");
     let (claim, body) = match idempotency::begin(
         registry.store(),
         &routed,
@@ -164,10 +231,20 @@ pub async fn run(
     {
         idempotency::Outcome::Replay(resp) => {
             facts.source = Some(dispatch::AnswerSource::Replayed);
+            facts
+                .trace
+                .noted(|| "replayed the answer stored for this Idempotency-Key".into());
             return Ok(resp);
         }
         idempotency::Outcome::Proceed { claim, body } => (claim, body),
     };
+    if claim.is_some() {
+        facts
+            .trace
+            .note("claimed the Idempotency-Key for this request");
+    } else {
+        facts.trace.skipped("no Idempotency-Key to honour");
+    }
     // The tenant's state, for a stateful facade API: its store, plan
     // storage, its clock's time, and whether writes commit (not in a dry run).
     let state = principal
@@ -186,6 +263,8 @@ pub async fn run(
             commit: !facts.dry_run,
         });
     // dispatch: answer from the facade or forward to the backend.
+    facts.trace.enter("dispatch");
+    facts.trace.note_dispatch();
     let answer = dispatch::dispatch(
         routed,
         parts,

@@ -24,11 +24,14 @@ pub const SANDGATE_VALIDATION: http::HeaderName =
     http::HeaderName::from_static("sandgate-validation");
 
 /// Checks the request; returns its body (read, when the check needed it)
-/// and, in `report` mode, the header value describing what is wrong.
+/// and, in `report` mode, the header value describing what is wrong. A
+/// body read here goes into the decision trace first, so a refused
+/// request's trace shows what was sent.
 pub async fn validate(
     routed: &Routed<'_>,
     parts: &Parts,
     body: RequestBody,
+    trace: &mut crate::trace::Recorder,
 ) -> Result<(RequestBody, Option<HeaderValue>), Refusal> {
     let api = routed.api;
     let Some((contract, index)) = api.contract.as_ref().zip(routed.operation) else {
@@ -45,6 +48,9 @@ pub async fn validate(
         }
         other => other,
     };
+    if let RequestBody::Read(b) = &body {
+        trace.request_body(b);
+    }
     let bytes: &[u8] = match &body {
         RequestBody::Read(b) => b,
         RequestBody::Streaming(_) => &[],

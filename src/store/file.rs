@@ -238,6 +238,42 @@ impl Store for FileStore {
         })
     }
 
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        let keys = keys.to_vec();
+        self.blocking(move |db, now| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let table = tx.open_table(KV).map_err(unavailable)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in &keys {
+                out.push(match table.get(key.as_str()).map_err(unavailable)? {
+                    Some(raw) => {
+                        let (expires, value) = decode(raw.value())?;
+                        live(expires, now).then(|| value.to_vec())
+                    }
+                    None => None,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn write_many(&self, writes: Vec<super::Write>) -> StoreFuture<'_, ()> {
+        self.write(move |t, now| {
+            for w in writes {
+                match w {
+                    super::Write::Put { key, value, ttl } => {
+                        t.insert(key.as_str(), encode(expiry(now, ttl), &value).as_slice())
+                            .map_err(unavailable)?;
+                    }
+                    super::Write::Delete { key } => {
+                        t.remove(key.as_str()).map_err(unavailable)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn kind(&self) -> &'static str {
         "file"
     }

@@ -8,6 +8,7 @@
 //! tenant can never name another tenant's key.
 
 mod file;
+mod measured;
 mod memory;
 mod redis;
 
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 
 pub use file::FileStore;
+pub use measured::Measured;
 pub use memory::MemoryStore;
 pub use redis::{RedisStore, redis_key};
 
@@ -67,13 +69,74 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically adds `by` to the integer at `key` (absent counts as 0) and
     /// returns the new value. `ttl` is applied when the counter is created.
     fn incr<'a>(&'a self, key: &'a str, by: i64, ttl: Option<Duration>) -> StoreFuture<'a, i64>;
+    /// Like [`Store::incr`] without a TTL, for background writers: on
+    /// Redis a failure or a slow answer does not count the store as down
+    /// for the request path's operations.
+    fn incr_background<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64> {
+        self.incr(key, by, None)
+    }
+    /// The values at `keys`, in order (absent or expired: `None`). One
+    /// round trip where the backend allows (Redis `MGET`, one redb read
+    /// transaction); the default asks key by key. For background work: on
+    /// Redis a failure does not count the store as down.
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                out.push(self.get(k).await?);
+            }
+            Ok(out)
+        })
+    }
+    /// Applies `writes` in order, as one batch for the background writers
+    /// (decision traces): one redb transaction, one Redis pipeline; the
+    /// default writes them one by one.
+    fn write_many(&self, writes: Vec<Write>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            for w in writes {
+                match w {
+                    Write::Put { key, value, ttl } => self.put(&key, value, ttl).await?,
+                    Write::Delete { key } => {
+                        self.delete(&key).await?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
     /// The backend's name (`memory`, `file`, `redis`), for logs and metrics.
     fn kind(&self) -> &'static str;
+    /// A handle on the same store for background workers (analytics,
+    /// sweeps), when it should behave differently from the request path's:
+    /// the Redis store's background handle never marks Redis down, so a
+    /// worker's failures cannot refuse requests. `None`: use this one.
+    fn for_background(&self) -> Option<SharedStore> {
+        None
+    }
     /// The Redis store, when this is one (cluster-wide limit decisions run
     /// as scripts in it).
     fn as_redis(&self) -> Option<&RedisStore> {
         None
     }
+}
+
+/// One write of a batch ([`Store::write_many`]).
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Sets `key` (see [`Store::put`]).
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// Expiry.
+        ttl: Option<Duration>,
+    },
+    /// Removes `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
 }
 
 /// A shared store.
@@ -121,12 +184,19 @@ pub mod keys {
     pub const IDEMPOTENCY: &str = "idem/";
     /// A tenant's test clock (one key).
     pub const CLOCK: &str = "clock";
+    /// A tenant's usage analytics (`crate::analytics`): session record,
+    /// "once" claims, engagement counters. Not in [`RESETTABLE`]: a reset
+    /// wipes the sandbox's data, not the history of how it was used.
+    pub const ANALYTICS: &str = "analytics/";
+    /// A tenant's request log: decision traces in a ring (`crate::trace`).
+    /// Not wiped by a reset: it is the history the partner debugs with.
+    pub const TRACES: &str = "trace/";
 
     /// What a sandbox reset wipes, relative to [`tenant`]: the tenant's
     /// state, idempotency records and test clock. Everything else under the
     /// tenant's prefix survives a reset: its quota counters (`quota/`, so a
-    /// reset never hands out a fresh allowance) and rate-limit state
-    /// (`rate/`). A key that is a prefix (ends in `/`) wipes everything
+    /// reset never hands out a fresh allowance), rate-limit state
+    /// (`rate/`) and the request log ([`TRACES`]). A key that is a prefix (ends in `/`) wipes everything
     /// under it; one that does not is a single key.
     pub const RESETTABLE: &[&str] = &[STATE, IDEMPOTENCY, CLOCK];
 }

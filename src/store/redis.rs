@@ -51,6 +51,11 @@ pub struct RedisStore {
     down_until: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The origin of `down_until`.
     epoch: std::time::Instant,
+    /// Whether a failure of this handle marks Redis down. The handle given
+    /// to background workers ([`Store::for_background`]) does not: a
+    /// worker retrying after a restart must not put requests in a window
+    /// of refusals.
+    trips: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -126,6 +131,7 @@ impl RedisStore {
             timeout,
             down_until: std::sync::Arc::default(),
             epoch: std::time::Instant::now(),
+            trips: true,
             incr: redis::Script::new(
                 r"local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 if v == tonumber(ARGV[1]) and tonumber(ARGV[2]) > 0 then
@@ -175,6 +181,19 @@ return v",
         self.timeout
     }
 
+    /// Runs a background operation (batches of the trace writer): bounded
+    /// by at least 2 s, since a batch may be large, and never marking Redis
+    /// as down, so background trouble does not refuse requests.
+    async fn background<T>(
+        &self,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout.max(Duration::from_secs(2)), f)
+            .await
+            .map_err(|_| unavailable("a background batch timed out"))?
+            .map_err(unavailable)
+    }
+
     /// Runs one Redis operation within `timeout`. A timeout or a broken
     /// connection marks Redis down for one `timeout`: operations in that
     /// window fail at once instead of each waiting a full `timeout`, so a
@@ -195,6 +214,9 @@ return v",
             )));
         }
         let trip = || {
+            if !self.trips {
+                return;
+            }
             let window = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
             self.down_until
                 .store(now().saturating_add(window), Ordering::Relaxed);
@@ -366,8 +388,69 @@ impl Store for RedisStore {
         })
     }
 
+    fn get_many<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<Vec<u8>>>> {
+        Box::pin(async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut conn = self.connection().await?;
+            let rkeys: Vec<String> = keys.iter().map(|k| redis_key(k)).collect();
+            self.background(redis::cmd("MGET").arg(&rkeys).query_async(&mut conn))
+                .await
+        })
+    }
+
+    fn incr_background<'a>(&'a self, key: &'a str, by: i64) -> StoreFuture<'a, i64> {
+        Box::pin(async move {
+            let mut conn = self.connection().await?;
+            let mut inv = self.incr.key(redis_key(key));
+            inv.arg(by).arg(0);
+            self.background(inv.invoke_async(&mut conn)).await
+        })
+    }
+
+    fn write_many(&self, writes: Vec<super::Write>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            if writes.is_empty() {
+                return Ok(());
+            }
+            let mut conn = self.connection().await?;
+            let mut pipe = redis::pipe();
+            for w in writes {
+                match w {
+                    super::Write::Put { key, value, ttl } => {
+                        let cmd = pipe.cmd("SET").arg(redis_key(&key)).arg(value);
+                        if let Some(ms) = px(ttl) {
+                            cmd.arg("PX").arg(ms);
+                        }
+                        cmd.ignore();
+                    }
+                    super::Write::Delete { key } => {
+                        pipe.cmd("DEL").arg(redis_key(&key)).ignore();
+                    }
+                }
+            }
+            self.background(pipe.query_async::<()>(&mut conn)).await
+        })
+    }
+
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn for_background(&self) -> Option<super::SharedStore> {
+        Some(std::sync::Arc::new(RedisStore {
+            conn: self.conn.clone(),
+            client: self.client.clone(),
+            config: self.config.clone(),
+            id: self.id,
+            timeout: self.timeout,
+            incr: self.incr.clone(),
+            // It still skips Redis while the request path counts it down.
+            down_until: self.down_until.clone(),
+            epoch: self.epoch,
+            trips: false,
+        }))
     }
 
     fn as_redis(&self) -> Option<&RedisStore> {

@@ -127,6 +127,7 @@ pub(super) fn prepare_request(headers: &mut HeaderMap, fwd: Forwarded<'_>, dry_r
     if let Some(v) = header_value(fwd.request_id) {
         headers.insert(crate::edge::X_REQUEST_ID, v);
     }
+    fwd.trace.propagate(headers);
 }
 
 #[cfg(test)]
@@ -160,6 +161,8 @@ mod tests {
                 request_id: "req_1",
                 tenant: None,
                 clock: None,
+                capture: None,
+                trace: &crate::trace_context::TraceContext::new_root(),
             },
             false,
         );

@@ -40,6 +40,12 @@ pub struct Forwarded<'a> {
     /// The tenant's test-clock time (Unix seconds) when its clock is set,
     /// passed on as `Sandgate-Clock` (RFC 3339).
     pub clock: Option<u64>,
+    /// Where the first bytes of a streaming request body are copied for
+    /// the decision trace (the body itself is never held back).
+    pub capture: Option<Arc<crate::trace::Capture>>,
+    /// The request's trace, passed on as `traceparent` (and `tracestate`)
+    /// with the gateway's span as the parent.
+    pub trace: &'a crate::trace_context::TraceContext,
 }
 
 /// Permission to send one request to a backend: [`Upstream::forward`]
@@ -84,6 +90,8 @@ pub struct Upstream {
     timeout: std::time::Duration,
     timeout_text: String,
     clients: Box<[Client<HttpsConnector<HttpConnector>, Body>]>,
+    /// Time to the backend's response head (`sandgate_upstream_duration_seconds`).
+    duration: metrics::Histogram,
 }
 
 impl Upstream {
@@ -175,6 +183,7 @@ impl Upstream {
             timeout: cfg.timeout.value.get(),
             timeout_text: cfg.timeout.value.to_string(),
             clients,
+            duration: metrics::histogram!("sandgate_upstream_duration_seconds", "api" => api.to_owned()),
         })
     }
 
@@ -219,6 +228,7 @@ impl Upstream {
             .build()
             .map_err(|_| Refusal::Internal)?;
         parts.version = Version::HTTP_11;
+        let capture = fwd.capture.clone();
         headers::prepare_request(&mut parts.headers, fwd, permit.dry_run);
 
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
@@ -230,6 +240,12 @@ impl Upstream {
         let note = noted.clone();
         let body: Body = match body {
             crate::body::RequestBody::Streaming(body) => Limited::new(body, limit)
+                .map_frame(move |f| {
+                    if let (Some(c), Some(data)) = (&capture, f.data_ref()) {
+                        c.push(data);
+                    }
+                    f
+                })
                 .map_err(move |e| -> BoxError {
                     let _ = note.set(ClientBody::of(&e));
                     Box::new(ClientBodyError(e))
@@ -240,7 +256,10 @@ impl Upstream {
         let req = Request::from_parts(parts, body);
 
         let api = || self.api.to_string();
-        let resp = match tokio::time::timeout(self.timeout, self.client().request(req)).await {
+        let sent = std::time::Instant::now();
+        let exchange = tokio::time::timeout(self.timeout, self.client().request(req)).await;
+        self.duration.record(sent.elapsed().as_secs_f64());
+        let resp = match exchange {
             Err(_) => {
                 metrics::counter!("sandgate_upstream_errors_total", "api" => self.api.to_string(), "kind" => "timeout").increment(1);
                 return Err(Refusal::UpstreamTimeout {

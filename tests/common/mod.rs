@@ -350,8 +350,9 @@ pub fn tls_client(ca_pem: &str, identity: Option<(&str, &str)>, h2: bool) -> req
 }
 
 /// One answer seen by [`Load`]: when it was sent (since the load began),
-/// how long it took, and its status (0: no answer at all).
-#[derive(Clone, Copy, Debug)]
+/// how long it took, its status (0: no answer at all) and, for a refusal,
+/// its problem `code`.
+#[derive(Clone, Debug)]
 pub struct Sample {
     /// When the request was sent, from the start of the load.
     pub sent: std::time::Duration,
@@ -359,6 +360,8 @@ pub struct Sample {
     pub took: std::time::Duration,
     /// The response status; 0 when the request failed without one.
     pub status: u16,
+    /// The refusal's `code`, when the answer was not a 200.
+    pub code: Option<String>,
 }
 
 /// Steady traffic from `tasks` concurrent senders, each sending one
@@ -390,16 +393,22 @@ impl Load {
                         let url = &urls[n % urls.len()];
                         n += 1;
                         let sent = std::time::Instant::now();
-                        let status = c
-                            .get(url)
-                            .bearer_auth(&key)
-                            .send()
-                            .await
-                            .map_or(0, |r| r.status().as_u16());
+                        let resp = c.get(url).bearer_auth(&key).send().await;
+                        let took = sent.elapsed();
+                        let status = resp.as_ref().map_or(0, |r| r.status().as_u16());
+                        let code = match resp {
+                            Ok(r) if status != 200 => r
+                                .json::<serde_json::Value>()
+                                .await
+                                .ok()
+                                .and_then(|v| v["code"].as_str().map(str::to_owned)),
+                            _ => None,
+                        };
                         samples.push(Sample {
                             sent: sent - started,
-                            took: sent.elapsed(),
+                            took,
                             status,
+                            code,
                         });
                     }
                     samples

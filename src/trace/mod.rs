@@ -1,0 +1,789 @@
+//! Decision traces and the request log: what each stage decided about a
+//! request and why, kept per tenant so a partner can look any of its
+//! requests up by id ("why was I blocked").
+//!
+//! ```text
+//! request path   Recorder in RequestFacts: one Entry per stage (static
+//!                names, lazy reasons; formatting only once the caller is
+//!                identified); the respond step (gateway) turns it into a
+//!                Pending record and wraps the response body in a Tee
+//! Tee            copies the first traces.max_body bytes of the answer and
+//!                submits the record when the body ends or is dropped
+//! Sink           a bounded queue (try_send: a full queue drops and counts)
+//! write_behind   background task: scrubs, serializes, and writes batches
+//!                to the store's per-tenant ring (ring.rs)
+//! api            GET /_sandbox/requests[/{id}] and the admin listing
+//! ```
+//!
+//! Invariant: a trace never holds a secret. Secret headers and body fields
+//! are replaced by `[scrubbed]` and card numbers keep their last four digits
+//! ([`scrub`]), before anything is written.
+
+pub mod api;
+pub mod config;
+pub mod reasons;
+mod ring;
+pub mod scrub;
+mod tee;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::body::Body;
+use crate::pipeline::RequestFacts;
+use crate::refusal::Refusal;
+use crate::sandbox::Sandbox;
+
+pub use ring::{Filter, Sink, Summary, list, lookup, write_behind};
+
+/// The path of a request's trace on the public listener.
+pub const LOOKUP_PREFIX: &str = "/_sandbox/requests/";
+
+/// What a stage decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Let the request through.
+    Passed,
+    /// Refused it (the request ended here).
+    Refused,
+    /// Did not apply to this request.
+    Skipped,
+    /// Let it through with a remark (report-mode validation, a replayed answer).
+    Noted,
+}
+
+/// Why a stage decided what it did, rendered for a person when the trace
+/// is kept (so anonymous requests format nothing).
+#[derive(Debug, Default)]
+enum Reason {
+    #[default]
+    None,
+    Static(&'static str),
+    Text(String),
+    /// The API and operation route chose (rendered from the facts).
+    Route,
+    /// What dispatch answered with (rendered from the facts).
+    Dispatch,
+}
+
+/// One stage's decision.
+#[derive(Debug)]
+struct Entry {
+    stage: &'static str,
+    verdict: Verdict,
+    reason: Reason,
+    rule: Option<String>,
+    started: Instant,
+    micros: Option<u64>,
+}
+
+/// The compiled `traces:` settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Whether traces are kept.
+    pub enabled: bool,
+    /// Ring size per tenant.
+    pub max_per_tenant: u32,
+    /// TTL of a trace.
+    pub max_age: Duration,
+    /// Largest body part kept.
+    pub max_body: usize,
+    /// The scrubber (built-in and configured field names).
+    pub scrubber: Arc<scrub::Scrubber>,
+    /// Queue capacity (read at start).
+    pub queue: usize,
+}
+
+impl Settings {
+    /// Compiles the `traces:` section.
+    pub fn new(c: &config::TracesConfig) -> Settings {
+        Settings {
+            enabled: c.enabled,
+            max_per_tenant: c.max_per_tenant.value.max(1),
+            max_age: c.max_age.value.get(),
+            max_body: c.max_body.value.as_usize(),
+            scrubber: Arc::new(scrub::Scrubber::for_traces(&c.scrub_fields)),
+            queue: c.queue.value.max(1),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::new(&config::TracesConfig::default())
+    }
+}
+
+/// The request as the trace shows it, captured once the caller is identified.
+#[derive(Debug)]
+struct Head {
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+}
+
+/// The per-request recorder, in [`RequestFacts::trace`]. Every call is a
+/// no-op or a push of a static name until the caller is identified.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    entries: Vec<Entry>,
+    /// Traces are enabled for this sandbox.
+    enabled: bool,
+    /// The identified tenant (then the trace is kept).
+    tenant: Option<String>,
+    /// Never kept (trace lookups, so reading the log never pushes the
+    /// partner's real requests out of it).
+    unkept: bool,
+    max_body: usize,
+    head: Option<Head>,
+    request_body: Option<(Bytes, usize)>,
+    /// The first bytes of a request body streamed to a backend.
+    streamed: Option<Arc<Capture>>,
+    refusal: Option<RefusalFacts>,
+}
+
+/// The first `max_body` bytes of a request body that streams on to a
+/// backend, copied as they pass (the stream is never held back).
+#[derive(Debug)]
+pub struct Capture {
+    buf: std::sync::Mutex<bytes::BytesMut>,
+    total: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl Capture {
+    /// Copies what still fits of `data`.
+    pub fn push(&self, data: &Bytes) {
+        self.total
+            .fetch_add(data.len(), std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut buf) = self.buf.lock() {
+            let room = self.max.saturating_sub(buf.len());
+            if room > 0 {
+                buf.extend_from_slice(&data[..data.len().min(room)]);
+            }
+        }
+    }
+
+    /// What was copied, and the body's size so far.
+    fn taken(&self) -> (Bytes, usize) {
+        let buf = self
+            .buf
+            .lock()
+            .map(|b| Bytes::copy_from_slice(&b))
+            .unwrap_or_default();
+        (buf, self.total.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// What a refusal said, as the trace keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefusalFacts {
+    /// Its stable code.
+    pub code: String,
+    /// Its title.
+    pub title: String,
+    /// Its detail.
+    pub detail: String,
+    /// The stage that refused.
+    pub stage: String,
+    /// The configuration entry that decided, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Its HTTP status.
+    pub status: u16,
+}
+
+impl Recorder {
+    /// A recorder for a request to `sandbox`.
+    pub fn new(settings: &Settings) -> Recorder {
+        Recorder {
+            enabled: settings.enabled,
+            max_body: settings.max_body,
+            ..Recorder::default()
+        }
+    }
+
+    /// Whether this request's trace will be kept (and is worth formatting).
+    pub fn kept(&self) -> bool {
+        self.enabled && self.tenant.is_some() && !self.unkept
+    }
+
+    fn close(&mut self, now: Instant) {
+        if let Some(e) = self.entries.last_mut()
+            && e.micros.is_none()
+        {
+            e.micros =
+                Some(u64::try_from(now.duration_since(e.started).as_micros()).unwrap_or(u64::MAX));
+        }
+    }
+
+    /// Stage `stage` starts: the previous stage ends (it let the request through).
+    pub fn enter(&mut self, stage: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        self.close(now);
+        if self.entries.capacity() == 0 {
+            self.entries.reserve(14);
+        }
+        self.entries.push(Entry {
+            stage,
+            verdict: Verdict::Passed,
+            reason: Reason::None,
+            rule: None,
+            started: now,
+            micros: None,
+        });
+    }
+
+    fn current(&mut self) -> Option<&mut Entry> {
+        self.entries.last_mut()
+    }
+
+    /// The current stage's reason.
+    pub fn note(&mut self, reason: &'static str) {
+        if let Some(e) = self.current() {
+            e.reason = Reason::Static(reason);
+        }
+    }
+
+    /// The current stage's reason, formatted only when the trace is kept.
+    pub fn note_with(&mut self, reason: impl FnOnce() -> String) {
+        if self.kept()
+            && let Some(e) = self.entries.last_mut()
+        {
+            e.reason = Reason::Text(reason());
+        }
+    }
+
+    /// The current stage's reason is the routing decision.
+    pub fn note_route(&mut self) {
+        if let Some(e) = self.current() {
+            e.reason = Reason::Route;
+        }
+    }
+
+    /// The current stage's reason is what dispatch answered with.
+    pub fn note_dispatch(&mut self) {
+        if let Some(e) = self.current() {
+            e.reason = Reason::Dispatch;
+        }
+    }
+
+    /// The current stage's configuration pointer.
+    pub fn rule(&mut self, rule: impl FnOnce() -> String) {
+        if self.kept()
+            && let Some(e) = self.entries.last_mut()
+        {
+            e.rule = Some(rule());
+        }
+    }
+
+    /// The current stage did not apply to this request.
+    pub fn skipped(&mut self, reason: &'static str) {
+        if let Some(e) = self.current() {
+            e.verdict = Verdict::Skipped;
+            e.reason = Reason::Static(reason);
+        }
+    }
+
+    /// The current stage let the request through with a remark.
+    pub fn noted(&mut self, reason: impl FnOnce() -> String) {
+        if let Some(e) = self.current() {
+            e.verdict = Verdict::Noted;
+        }
+        self.note_with(reason);
+    }
+
+    /// The caller is identified as `principal`: from now on the trace is
+    /// kept. Captures the request head (scrubbed later, in the background).
+    pub fn identified<B>(
+        &mut self,
+        principal: &crate::pipeline::identify::Principal,
+        req: &http::Request<B>,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let tenant = &principal.tenant.id;
+        self.tenant = Some(tenant.clone());
+        self.head = Some(Head {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            query: req.uri().query().map(str::to_owned),
+            headers: req.headers().clone(),
+        });
+        let how = match principal.via {
+            crate::pipeline::identify::Via::ApiKey => {
+                let key = req
+                    .headers()
+                    .get("x-api-key")
+                    .or_else(|| req.headers().get(http::header::AUTHORIZATION))
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                format!("api key …{}", last4(key))
+            }
+            crate::pipeline::identify::Via::Jwt => format!("JWT of client {}", principal.client),
+            crate::pipeline::identify::Via::Mtls => {
+                format!("client certificate {}", principal.client)
+            }
+        };
+        self.note_with(|| format!("{how} → tenant {tenant}"));
+    }
+
+    /// This request's trace is not kept (a trace lookup).
+    pub fn unkept(&mut self) {
+        self.unkept = true;
+    }
+
+    /// The request body, as read by validate or dispatch (its first
+    /// `max_body` bytes are kept; no copy is made).
+    pub fn request_body(&mut self, body: &Bytes) {
+        if self.kept() && self.request_body.is_none() {
+            let n = body.len().min(self.max_body);
+            self.request_body = Some((body.slice(..n), body.len()));
+        }
+    }
+
+    /// A capture for a request body about to stream to a backend, when the
+    /// trace is kept and the body has not been read already.
+    pub fn capture(&mut self, body: &crate::body::RequestBody) -> Option<Arc<Capture>> {
+        if !self.kept()
+            || self.request_body.is_some()
+            || !matches!(body, crate::body::RequestBody::Streaming(_))
+        {
+            return None;
+        }
+        let c = Arc::new(Capture {
+            buf: std::sync::Mutex::new(bytes::BytesMut::new()),
+            total: std::sync::atomic::AtomicUsize::new(0),
+            max: self.max_body,
+        });
+        self.streamed = Some(c.clone());
+        Some(c)
+    }
+
+    /// The request was refused with `refusal` (by the current stage).
+    pub fn refused(&mut self, refusal: &Refusal) {
+        if !self.kept() {
+            return;
+        }
+        let stage = refusal.stage().as_str();
+        match self.entries.last_mut() {
+            Some(e) if e.micros.is_none() => e.verdict = Verdict::Refused,
+            // Refused outside any stage (the request timeout): an entry of its own.
+            _ => {
+                self.enter(stage);
+                if let Some(e) = self.entries.last_mut() {
+                    e.verdict = Verdict::Refused;
+                }
+            }
+        }
+        let rule = refusal.rule();
+        if let Some(e) = self.entries.last_mut() {
+            e.reason = Reason::Text(refusal.detail());
+            e.rule.clone_from(&rule);
+        }
+        self.refusal = Some(RefusalFacts {
+            code: refusal.code().to_owned(),
+            title: refusal.title().to_owned(),
+            detail: refusal.detail(),
+            stage: stage.to_owned(),
+            rule,
+            status: refusal.status().as_u16(),
+        });
+    }
+
+    /// The `trace` member of a refusal: the path of this request's trace,
+    /// when it is kept.
+    pub fn link(&self, request_id: &str) -> Option<String> {
+        self.kept().then(|| format!("{LOOKUP_PREFIX}{request_id}"))
+    }
+}
+
+/// The last four characters of a credential (never more).
+fn last4(s: &str) -> &str {
+    let s = s.trim();
+    if s.len() < 12 {
+        return "";
+    }
+    let mut start = s.len() - 4;
+    while !s.is_char_boundary(start) {
+        start -= 1;
+    }
+    &s[start..]
+}
+
+/// The respond step's part: when the request's trace is kept, turns the
+/// recorder into a pending record and wraps the answer's body so that its
+/// first `max_body` bytes are copied and the record is queued when the body
+/// ends (or is dropped). Otherwise the answer passes untouched.
+pub fn finish(
+    sink: &Sink,
+    sandbox: &Sandbox,
+    facts: &mut RequestFacts,
+    resp: Response<Body>,
+    latency: Duration,
+) -> Response<Body> {
+    if !facts.trace.kept() || !sink.has_room() {
+        return resp;
+    }
+    let mut rec = std::mem::take(&mut facts.trace);
+    rec.close(Instant::now());
+    let api = facts.api.and_then(|i| sandbox.apis.get(i));
+    let operation = api
+        .zip(facts.operation)
+        .and_then(|(a, op)| a.contract.as_ref().map(|c| c.operations[op].id.clone()));
+    let source = facts.source.map(|s| s.as_str());
+    let target = target_of(resp.headers());
+    // The reasons that need the facts are rendered now; everything else
+    // is turned into its stored form by the background writer.
+    for e in &mut rec.entries {
+        let text = match &e.reason {
+            Reason::Route => api.map(|a| match &operation {
+                Some(op) => format!("API {}, operation {op}", a.name),
+                None => format!("API {} (prefix {})", a.name, a.prefix),
+            }),
+            Reason::Dispatch => source.map(|s| match &target {
+                Some(t) => format!("answered from {s}: {t}"),
+                None => format!("answered from {s}"),
+            }),
+            _ => continue,
+        };
+        e.reason = text.map_or(Reason::None, Reason::Text);
+    }
+    let stages = std::mem::take(&mut rec.entries);
+    let (head, tenant) = match (rec.head.take(), rec.tenant.take()) {
+        (Some(h), Some(t)) => (h, t),
+        _ => return resp,
+    };
+    let pending = Pending {
+        tenant,
+        request_id: facts.request_id.clone(),
+        at_ms: crate::store::system_now(),
+        tenant_now: facts.tenant_now,
+        clock_set: facts.clock_set,
+        head,
+        api: api.map(|a| a.name.to_string()),
+        mode: api.map(|a| a.mode.as_str()),
+        operation,
+        source,
+        target,
+        status: resp.status().as_u16(),
+        dry_run: facts.dry_run,
+        refusal: rec.refusal.take(),
+        stages,
+        latency,
+        upstream: facts.upstream_latency,
+        trace_id: facts.trace_context.trace_id,
+        request_body: rec.request_body.take(),
+        streamed: rec.streamed.take(),
+        response_headers: resp.headers().clone(),
+        response_body: bytes::BytesMut::new(),
+        response_total: 0,
+        response_complete: false,
+        max_body: rec.max_body,
+        scrubber: sandbox.traces.scrubber.clone(),
+    };
+    tee::wrap(sink.clone(), pending, resp)
+}
+
+/// The scenario rule or fixture that answered, from the facade's headers.
+fn target_of(headers: &HeaderMap) -> Option<String> {
+    let get = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(rule) = get(&crate::facade::SANDGATE_SCENARIO) {
+        return Some(format!("scenario rule '{rule}'"));
+    }
+    get(&crate::facade::fixtures::SANDGATE_FIXTURE).map(|f| format!("fixture '{f}'"))
+}
+
+/// One stage as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stage {
+    /// The stage's name (`edge`, `route`, `identify`, …).
+    pub stage: String,
+    /// What it decided.
+    pub verdict: Verdict,
+    /// Why, for a person.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The configuration entry that decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Time spent in the stage, µs.
+    pub micros: u64,
+}
+
+/// A finished request on its way to the background writer: everything
+/// raw (scrubbing and serializing happen off the request path).
+#[derive(Debug)]
+pub struct Pending {
+    tenant: String,
+    request_id: String,
+    at_ms: u64,
+    tenant_now: Option<u64>,
+    clock_set: bool,
+    head: Head,
+    api: Option<String>,
+    mode: Option<&'static str>,
+    operation: Option<String>,
+    source: Option<&'static str>,
+    target: Option<String>,
+    status: u16,
+    dry_run: bool,
+    refusal: Option<RefusalFacts>,
+    stages: Vec<Entry>,
+    latency: Duration,
+    upstream: Option<Duration>,
+    /// The W3C trace id of the request.
+    trace_id: [u8; 16],
+    request_body: Option<(Bytes, usize)>,
+    streamed: Option<Arc<Capture>>,
+    response_headers: HeaderMap,
+    response_body: bytes::BytesMut,
+    response_total: usize,
+    response_complete: bool,
+    max_body: usize,
+    scrubber: Arc<scrub::Scrubber>,
+}
+
+/// A body as a trace shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BodyView {
+    /// Its size in bytes (as far as it was seen).
+    pub bytes: usize,
+    /// Whether only the first `traces.max_body` bytes are kept.
+    pub truncated: bool,
+    /// The content: JSON (scrubbed) when it parsed, text otherwise.
+    pub content: serde_json::Value,
+}
+
+/// A message (request or response) as a trace shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageView {
+    /// Headers, secret ones scrubbed.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The body, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyView>,
+}
+
+/// A stored decision trace (what `GET /_sandbox/requests/{id}` answers).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Trace {
+    /// The request id.
+    pub request_id: String,
+    /// The tenant (sandbox) that sent it.
+    pub sandbox_id: String,
+    /// When it arrived (server time, RFC 3339).
+    pub received_at: String,
+    /// The tenant's clock at the time (its test clock when set), RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_time: Option<String>,
+    /// Whether the tenant's test clock was set.
+    pub test_clock: bool,
+    /// Method.
+    pub method: String,
+    /// Path (card numbers masked).
+    pub path: String,
+    /// Query string (scrubbed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// The operation id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The API's mode (`facade`, `upstream`, `hybrid`, `record`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Where the answer came from (`scenario`, `fixture`, `example`,
+    /// `generated`, `state`, `upstream`, `replayed`, `simulated`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The scenario rule or fixture that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The answer's status.
+    pub status: u16,
+    /// Whether it was a dry run.
+    pub dry_run: bool,
+    /// The refusal, when the gateway refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<RefusalFacts>,
+    /// Time to the response head, ms.
+    pub latency_ms: f64,
+    /// Time the backend took to send its response head, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_latency_ms: Option<f64>,
+    /// The W3C trace id (the caller's `traceparent`, or the one the gateway
+    /// started), to find the request in a distributed trace and the
+    /// access log. Absent in traces stored before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
+    /// Every stage, in order.
+    pub stages: Vec<Stage>,
+    /// The request.
+    pub request: MessageView,
+    /// The response.
+    pub response: MessageView,
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+impl Pending {
+    /// The tenant.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    /// Scrubs and renders the stored trace (in the background writer).
+    pub fn render(self) -> Trace {
+        let s = &*self.scrubber;
+        let content_type = |h: &HeaderMap| {
+            h.get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let req_ct = content_type(&self.head.headers);
+        let resp_ct = content_type(&self.response_headers);
+        let streamed = self
+            .streamed
+            .as_ref()
+            .map(|c| c.taken())
+            .filter(|(_, total)| *total > 0);
+        let request_body = self
+            .request_body
+            .as_ref()
+            .or(streamed.as_ref())
+            .map(|(b, total)| BodyView {
+                bytes: *total,
+                truncated: *total > b.len(),
+                content: body_content(s, b, req_ct.as_deref(), *total > b.len()),
+            });
+        let response_body = (self.response_total > 0).then(|| {
+            let truncated = self.response_total > self.response_body.len();
+            BodyView {
+                bytes: self.response_total,
+                truncated,
+                content: body_content(s, &self.response_body, resp_ct.as_deref(), truncated),
+            }
+        });
+        let _ = self.response_complete;
+        Trace {
+            request_id: self.request_id,
+            sandbox_id: self.tenant,
+            received_at: rfc3339_ms(self.at_ms),
+            tenant_time: self.tenant_now.map(crate::clock::rfc3339),
+            test_clock: self.clock_set,
+            method: self.head.method.to_string(),
+            path: s.text(&self.head.path).into_owned(),
+            query: self.head.query.as_deref().map(|q| s.form(q)),
+            api: self.api,
+            operation: self.operation,
+            mode: self.mode.map(str::to_owned),
+            source: self.source.map(str::to_owned),
+            target: self.target,
+            status: self.status,
+            dry_run: self.dry_run,
+            refusal: self.refusal,
+            latency_ms: self.latency.as_secs_f64() * 1000.0,
+            upstream_latency_ms: self.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            trace_id: crate::trace_context::Hex(&self.trace_id).to_string(),
+            stages: self
+                .stages
+                .into_iter()
+                .map(|e| Stage {
+                    stage: e.stage.to_owned(),
+                    verdict: e.verdict,
+                    reason: match e.reason {
+                        Reason::None | Reason::Route | Reason::Dispatch => None,
+                        Reason::Static(r) => Some(r.to_owned()),
+                        Reason::Text(r) => Some(s.text(&r).into_owned()),
+                    },
+                    rule: e.rule,
+                    micros: e.micros.unwrap_or(0),
+                })
+                .collect(),
+            request: MessageView {
+                headers: headers_view(s, &self.head.headers),
+                body: request_body,
+            },
+            response: MessageView {
+                headers: headers_view(s, &self.response_headers),
+                body: response_body,
+            },
+        }
+    }
+}
+
+/// Headers as a trace shows them: secret ones `[scrubbed]`, cards masked,
+/// repeated ones joined with `, `.
+fn headers_view(s: &scrub::Scrubber, h: &HeaderMap) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, value) in h {
+        let v = if scrub::is_secret_header(name.as_str()) {
+            scrub::SCRUBBED.to_owned()
+        } else {
+            s.text(&String::from_utf8_lossy(value.as_bytes()))
+                .into_owned()
+        };
+        out.entry(name.as_str().to_owned())
+            .and_modify(|e: &mut String| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    out
+}
+
+/// A body's content: scrubbed JSON when it is whole JSON, a scrubbed form,
+/// or text with secret JSON members and cards masked; a binary body is
+/// described, not shown.
+fn body_content(
+    s: &scrub::Scrubber,
+    bytes: &[u8],
+    content_type: Option<&str>,
+    truncated: bool,
+) -> serde_json::Value {
+    use serde_json::Value;
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        // Cut in the middle of a character: keep what is whole.
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return Value::String(format!("[{} bytes, not text]", bytes.len())),
+    };
+    let media = content_type
+        .and_then(|c| c.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if media == "application/x-www-form-urlencoded" {
+        return Value::String(s.form(text));
+    }
+    if !truncated && let Ok(v) = serde_json::from_str::<Value>(text) {
+        return s.json(v);
+    }
+    let t = text.trim_start();
+    if t.starts_with('{') || t.starts_with('[') {
+        return Value::String(s.text(&scrub::partial_json(s, text)).into_owned());
+    }
+    Value::String(s.text(text).into_owned())
+}

@@ -1,0 +1,492 @@
+//! Where traces are kept: a bounded queue from the request path to one
+//! background writer per process, and a per-tenant ring in the store.
+//!
+//! Key layout, under the tenant's prefix `t/<tenant>/` ([`keys::TRACES`]):
+//!
+//! ```text
+//! trace/seq          counter: the tenant's last trace number n (no TTL)
+//! trace/slot/<k>     the full trace JSON of number n, k = n mod max_per_tenant
+//! trace/sum/<k>      its summary (what the listing shows and filters on)
+//! trace/id/<id>      {"slot": k, "seq": n}: the lookup by request id
+//! ```
+//!
+//! Every key but the counter expires after `traces.max_age`. The ring holds
+//! at most `max_per_tenant` traces: number n overwrites slot k, and the
+//! writer removes the id entry of the trace it overwrites (when that entry
+//! still points at the slot). A lookup is two direct gets (id, then slot)
+//! and checks that the slot still holds that request, so an id whose trace
+//! was overwritten (or a client id used twice, where the newest wins)
+//! answers "not found" instead of another request. Request ids are
+//! `[A-Za-z0-9._:-]{1,128}` (`edge::request_id`), so they are safe in a key.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::{Pending, Settings, Trace};
+use crate::store::{Store, StoreError, Write, keys};
+
+/// Most traces written in one batch (one store transaction or pipeline:
+/// larger batches spend less per trace on commits when traffic is heavy).
+const BATCH: usize = 256;
+
+/// The queue from the request path to the background writer. Cheap to
+/// clone; submitting never waits (a full queue drops the trace and counts it).
+#[derive(Clone, Debug, Default)]
+pub struct Sink(Arc<Inner>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    tx: OnceLock<mpsc::Sender<Box<Pending>>>,
+    /// Traces accepted into the queue.
+    submitted: AtomicU64,
+    /// Traces the writer has finished with (written or failed).
+    processed: OnceLock<watch::Sender<u64>>,
+}
+
+impl Sink {
+    /// A sink whose writer is not started yet (traces are dropped until then).
+    pub fn new() -> Sink {
+        Sink::default()
+    }
+
+    /// Opens the queue with room for `capacity` traces and returns its
+    /// receiving end, once (`None` when already started).
+    pub fn start(&self, capacity: usize) -> Option<mpsc::Receiver<Box<Pending>>> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.0.tx.set(tx).ok()?;
+        let _ = self.0.processed.set(watch::Sender::new(0));
+        Some(rx)
+    }
+
+    /// Whether the queue has room for one more trace now. When it has not,
+    /// the trace is counted as dropped here, so the request path does not
+    /// build a record (and tee its answer's body) only to drop it: under
+    /// overload the cost of tracing falls instead of adding to the load.
+    pub(super) fn has_room(&self) -> bool {
+        match self.0.tx.get() {
+            None => {
+                dropped("not_started", 1);
+                false
+            }
+            Some(tx) if tx.capacity() == 0 => {
+                dropped("queue_full", 1);
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// Queues a finished trace, or drops and counts it when the queue is
+    /// full (never waits).
+    pub(super) fn submit(&self, p: Box<Pending>) {
+        let Some(tx) = self.0.tx.get() else {
+            dropped("not_started", 1);
+            return;
+        };
+        // Counted before sending, so a lookup that starts after this
+        // request ended waits for it.
+        self.0.submitted.fetch_add(1, Ordering::AcqRel);
+        if tx.try_send(p).is_err() {
+            self.0.submitted.fetch_sub(1, Ordering::AcqRel);
+            dropped("queue_full", 1);
+        }
+    }
+
+    fn processed(&self, n: usize) {
+        if let Some(w) = self.0.processed.get() {
+            w.send_modify(|v| *v += n as u64);
+        }
+    }
+
+    /// Waits (at most `within`) until every trace queued before this call
+    /// has been written, so a partner who looks a request up right after
+    /// its answer finds it. Returns at once when nothing is pending.
+    pub async fn settle(&self, within: Duration) {
+        let target = self.0.submitted.load(Ordering::Acquire);
+        let Some(w) = self.0.processed.get() else {
+            return;
+        };
+        let mut rx = w.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|v| *v >= target)).await;
+    }
+}
+
+fn dropped(reason: &'static str, n: u64) {
+    metrics::counter!("sandgate_traces_dropped_total", "reason" => reason).increment(n);
+}
+
+fn key(tenant: &str, rest: std::fmt::Arguments<'_>) -> String {
+    keys::tenant_key(tenant, &format!("{}{rest}", keys::TRACES))
+}
+
+fn seq_key(tenant: &str) -> String {
+    key(tenant, format_args!("seq"))
+}
+fn slot_key(tenant: &str, slot: i64) -> String {
+    key(tenant, format_args!("slot/{slot}"))
+}
+fn sum_key(tenant: &str, slot: i64) -> String {
+    key(tenant, format_args!("sum/{slot}"))
+}
+fn sum_prefix(tenant: &str) -> String {
+    key(tenant, format_args!("sum/"))
+}
+fn id_key(tenant: &str, request_id: &str) -> String {
+    key(tenant, format_args!("id/{request_id}"))
+}
+
+/// What the lookup by id finds.
+#[derive(Debug, Serialize, Deserialize)]
+struct IdEntry {
+    slot: i64,
+    seq: i64,
+}
+
+/// One line of the request log (`GET /_sandbox/requests`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// The request id.
+    pub request_id: String,
+    /// The tenant's trace number (newest is highest).
+    pub seq: i64,
+    /// Arrival, ms since the Unix epoch (server time).
+    pub at_ms: u64,
+    /// Arrival, RFC 3339.
+    pub received_at: String,
+    /// Method.
+    pub method: String,
+    /// Path (card numbers masked).
+    pub path: String,
+    /// The API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// The operation id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The answer's status.
+    pub status: u16,
+    /// The refusal code, when refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The stage that refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// Where the answer came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Whether it was a dry run.
+    pub dry_run: bool,
+    /// Time to the response head, ms.
+    pub latency_ms: f64,
+}
+
+impl Summary {
+    fn of(t: &Trace, seq: i64, at_ms: u64) -> Summary {
+        Summary {
+            request_id: t.request_id.clone(),
+            seq,
+            at_ms,
+            received_at: t.received_at.clone(),
+            method: t.method.clone(),
+            path: t.path.clone(),
+            api: t.api.clone(),
+            operation: t.operation.clone(),
+            status: t.status,
+            code: t.refusal.as_ref().map(|r| r.code.clone()),
+            stage: t.refusal.as_ref().map(|r| r.stage.clone()),
+            source: t.source.clone(),
+            dry_run: t.dry_run,
+            latency_ms: t.latency_ms,
+        }
+    }
+}
+
+/// The background writer: takes traces off the queue in batches, scrubs
+/// and serializes them, and writes each batch to the store at once. Runs
+/// until the queue closes; `settings` gives the current `traces:` settings
+/// (they follow reloads, except the queue size).
+pub async fn write_behind(
+    sink: Sink,
+    store: crate::store::SharedStore,
+    settings: impl Fn() -> Settings,
+) {
+    let Some(mut rx) = sink.start(settings().queue) else {
+        return;
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let n = rx.recv_many(&mut batch, BATCH).await;
+        if n == 0 {
+            return;
+        }
+        let s = settings();
+        if let Err(e) = write_batch(&*store, &s, batch.drain(..)).await {
+            // The store's own failure is counted by `store::Measured`.
+            dropped("store", n as u64);
+            tracing::warn!(error = %e, traces = n, "could not write decision traces");
+        } else {
+            metrics::counter!("sandgate_traces_written_total").increment(n as u64);
+        }
+        sink.processed(n);
+    }
+}
+
+/// Writes one batch: a number per trace from each tenant's counter, the
+/// id entries of the traces they overwrite removed, then every put.
+async fn write_batch(
+    store: &dyn Store,
+    settings: &Settings,
+    items: impl Iterator<Item = Box<Pending>>,
+) -> Result<(), StoreError> {
+    let mut by_tenant: BTreeMap<String, Vec<(u64, Trace)>> = BTreeMap::new();
+    for p in items {
+        let at_ms = p.at_ms;
+        let t = p.render();
+        by_tenant
+            .entry(t.sandbox_id.clone())
+            .or_default()
+            .push((at_ms, t));
+    }
+    let ring = i64::from(settings.max_per_tenant.max(1));
+    let ttl = Some(settings.max_age);
+    let mut puts = Vec::new();
+    let mut overwritten_sums = Vec::new();
+    for (tenant, traces) in by_tenant {
+        let m = traces.len() as i64;
+        let last = store.incr_background(&seq_key(&tenant), m).await?;
+        for (i, (at_ms, t)) in traces.into_iter().enumerate() {
+            let seq = last - m + 1 + i as i64;
+            let slot = seq.rem_euclid(ring);
+            overwritten_sums.push((tenant.clone(), slot, sum_key(&tenant, slot)));
+            let summary = Summary::of(&t, seq, at_ms);
+            puts.push(Write::Put {
+                key: id_key(&tenant, &t.request_id),
+                value: json(&IdEntry { slot, seq }),
+                ttl,
+            });
+            puts.push(Write::Put {
+                key: sum_key(&tenant, slot),
+                value: json(&summary),
+                ttl,
+            });
+            puts.push(Write::Put {
+                key: slot_key(&tenant, slot),
+                value: json(&t),
+                ttl,
+            });
+        }
+    }
+    // The id entries of the traces about to be overwritten, when they still
+    // point at their slot (a client id used again later points elsewhere).
+    let sum_keys: Vec<String> = overwritten_sums.iter().map(|(_, _, k)| k.clone()).collect();
+    let old = store.get_many(&sum_keys).await?;
+    let mut candidates = Vec::new();
+    for ((tenant, slot, _), old) in overwritten_sums.iter().zip(old) {
+        if let Some(s) = old.and_then(|b| serde_json::from_slice::<Summary>(&b).ok()) {
+            candidates.push((id_key(tenant, &s.request_id), *slot, s.seq));
+        }
+    }
+    let mut writes = Vec::with_capacity(candidates.len() + puts.len());
+    if !candidates.is_empty() {
+        let id_keys: Vec<String> = candidates.iter().map(|(k, _, _)| k.clone()).collect();
+        let entries = store.get_many(&id_keys).await?;
+        for ((k, slot, seq), e) in candidates.into_iter().zip(entries) {
+            if let Some(e) = e.and_then(|b| serde_json::from_slice::<IdEntry>(&b).ok())
+                && e.slot == slot
+                && e.seq == seq
+            {
+                writes.push(Write::Delete { key: k });
+            }
+        }
+    }
+    writes.extend(puts);
+    store.write_many(writes).await
+}
+
+/// A value the writer stores, as JSON (these types always serialize).
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Whether `id` could be a request id (`edge::request_id`): anything else
+/// is simply not found, and never becomes part of a key.
+pub fn valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// The trace of request `request_id` of `tenant`, as stored JSON, when
+/// the tenant's log still holds it. Two direct gets, no scan.
+pub async fn lookup(
+    store: &dyn Store,
+    tenant: &str,
+    request_id: &str,
+) -> Result<Option<serde_json::Value>, StoreError> {
+    if !valid_request_id(request_id) {
+        return Ok(None);
+    }
+    let Some(entry) = store.get(&id_key(tenant, request_id)).await? else {
+        return Ok(None);
+    };
+    let Ok(entry) = serde_json::from_slice::<IdEntry>(&entry) else {
+        return Ok(None);
+    };
+    let Some(raw) = store.get(&slot_key(tenant, entry.slot)).await? else {
+        return Ok(None);
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    // The slot may hold a newer request by now.
+    Ok((v.get("request_id").and_then(|r| r.as_str()) == Some(request_id)).then_some(v))
+}
+
+/// The filters of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// Most entries answered (1 to 100; default 20).
+    pub limit: usize,
+    /// Exact status (`429`) or class (`4` for `4xx`).
+    pub status: Option<StatusFilter>,
+    /// Operation id.
+    pub operation: Option<String>,
+    /// Refusal code.
+    pub code: Option<String>,
+}
+
+/// A status filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusFilter {
+    /// One status.
+    Exact(u16),
+    /// A class: `4` is `4xx`.
+    Class(u16),
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            limit: 20,
+            status: None,
+            operation: None,
+            code: None,
+        }
+    }
+}
+
+impl Filter {
+    /// Parses `limit=&status=&operation=&code=`; a bad or unknown
+    /// parameter is `(pointer, message)` (`/query/limit`).
+    pub fn parse(query: Option<&str>) -> Result<Filter, (String, String)> {
+        let mut f = Filter::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let at = format!("/query/{k}");
+            match &*k {
+                "limit" => {
+                    f.limit = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or((at, format!("`{v}` is not a number from 1 to 100")))?;
+                }
+                "status" => {
+                    let b = v.as_bytes();
+                    f.status = Some(match b {
+                        [c @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] => {
+                            StatusFilter::Class(u16::from(c - b'0'))
+                        }
+                        _ => StatusFilter::Exact(
+                            v.parse::<u16>()
+                                .ok()
+                                .filter(|s| (100..=599).contains(s))
+                                .ok_or((
+                                    at,
+                                    format!("`{v}` is not a status (such as 429) or a class (such as 4xx)"),
+                                ))?,
+                        ),
+                    });
+                }
+                "operation" => {
+                    if v.is_empty()
+                        || v.len() > 128
+                        || !v
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                    {
+                        return Err((at, format!("`{v}` is not an operation id")));
+                    }
+                    f.operation = Some(v.into_owned());
+                }
+                "code" => {
+                    if v.is_empty()
+                        || v.len() > 64
+                        || !v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    {
+                        return Err((
+                            at,
+                            format!(
+                                "`{v}` is not a refusal code (snake_case, such as rate_limited)"
+                            ),
+                        ));
+                    }
+                    f.code = Some(v.into_owned());
+                }
+                _ => {
+                    return Err((
+                        at,
+                        "unknown parameter; the filters are limit, status, operation and code"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    fn matches(&self, s: &Summary) -> bool {
+        let status = match self.status {
+            None => true,
+            Some(StatusFilter::Exact(x)) => s.status == x,
+            Some(StatusFilter::Class(c)) => s.status / 100 == c,
+        };
+        status
+            && self
+                .operation
+                .as_ref()
+                .is_none_or(|o| s.operation.as_deref() == Some(o.as_str()))
+            && self
+                .code
+                .as_ref()
+                .is_none_or(|c| s.code.as_deref() == Some(c.as_str()))
+    }
+}
+
+/// The tenant's log, newest first, filtered. Reads the tenant's ring of
+/// summaries (bounded by `max_per_tenant`), never the full traces.
+pub async fn list(
+    store: &dyn Store,
+    settings: &Settings,
+    tenant: &str,
+    filter: &Filter,
+) -> Result<Vec<Summary>, StoreError> {
+    // Room for slots left over from a larger `max_per_tenant` before a reload.
+    let bound = (settings.max_per_tenant as usize)
+        .saturating_mul(2)
+        .max(100);
+    let rows = store.scan(&sum_prefix(tenant), None, bound).await?;
+    let mut out: Vec<Summary> = rows
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<Summary>(&v).ok())
+        .filter(|s| filter.matches(s))
+        .collect();
+    out.sort_by(|a, b| b.at_ms.cmp(&a.at_ms).then(b.seq.cmp(&a.seq)));
+    out.truncate(filter.limit);
+    Ok(out)
+}
