@@ -645,11 +645,9 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 
 #[tokio::test]
 async fn a_dead_receiver_leaves_requests_alone_and_is_counted() {
-    // A port nobody listens on.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    // A port nobody listens on, held for the whole test.
+    let port = common::DeadPort::new();
+    let dead = port.addr;
     let analytics = format!(
         "{TAXONOMY}  sinks:\n    posthog: {{ url: \"http://{dead}/batch/\", api_key_env: CARGO_PKG_NAME, flush_interval: 10ms, max_attempts: 2, queue: 2, timeout: 1s }}\n  alerts:\n    webhooks: [\"http://{dead}/hook\"]\n    max_attempts: 2\n"
     );

@@ -727,11 +727,9 @@ async fn an_oversized_upload_to_an_h2_upstream_is_413_too() {
 
 #[tokio::test]
 async fn a_refused_connection_is_502_naming_the_api_not_the_url() {
-    // A port that was just bound and closed: nothing listens there.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    // A port held for the whole test that nothing listens on.
+    let dead = common::DeadPort::new();
+    let port = dead.addr.port();
     let gw = gateway(&api("down", &format!("http://127.0.0.1:{port}"), "", "")).await;
     let resp = common::client()
         .get(gw.url("/down/v1/x"))

@@ -447,3 +447,33 @@ pub fn admitted_rate(samples: &[Sample], burst: usize) -> f64 {
         .expect("samples");
     (admitted.saturating_sub(burst)) as f64 / (last - first).as_secs_f64()
 }
+
+/// A local address that refuses every connection and that no other test can
+/// take while this value lives: the port is bound but never listened on.
+///
+/// (Binding a listener and dropping it frees the port for the next test that
+/// binds port 0, which then receives what was meant to go nowhere.)
+pub struct DeadPort {
+    _socket: socket2::Socket,
+    /// `127.0.0.1:<port>`.
+    pub addr: SocketAddr,
+}
+
+impl DeadPort {
+    /// Reserves a port on 127.0.0.1 that refuses connections.
+    pub fn new() -> DeadPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        socket.bind(&any.into()).expect("bind");
+        let addr = socket
+            .local_addr()
+            .expect("local addr")
+            .as_socket()
+            .expect("inet address");
+        DeadPort {
+            _socket: socket,
+            addr,
+        }
+    }
+}
