@@ -10,6 +10,13 @@ use sandgate::sandbox::Sandbox;
 use sandgate::telemetry::LogFormat;
 use sandgate::{Overrides, start};
 
+/// mimalloc instead of glibc's allocator: memory allocated on a worker and
+/// freed on another thread (a decision trace, a usage observation) is
+/// handed back without taking the owning arena's lock, which under glibc
+/// turned into futex calls and context switches on the workers' cores.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sandgate: an edge gateway for API sandboxes.
 ///
 /// Serves a sandbox directory (sandgate.yaml, contracts/, fixtures/,

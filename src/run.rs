@@ -257,6 +257,7 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
     until_stopped(Box::pin(crate::trace::write_behind(
         gateway.registry().traces().clone(),
         gateway.registry().background_store().clone(),
+        workers,
         move || gw.sandbox().traces.clone(),
     )));
     tokio::spawn(server::serve(

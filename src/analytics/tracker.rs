@@ -101,25 +101,41 @@ pub(super) async fn run(
     let mut tick = tokio::time::interval(settings.load().alerts.check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Busy: drain what is queued, then sleep for POLL without a waker
+        // registered, so the request path's `try_send` wakes nobody (a wake
+        // per request is a futex call and a context switch on the workers'
+        // cores). Idle: wait for the next message with a waker, which
+        // costs one wake per message only while traffic is light.
+        let mut drained = 0usize;
+        loop {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    t.observe(&settings, msg).await;
+                    drained += 1;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return t.sinks,
+            }
+        }
+        if drained > 0 {
+            tokio::select! {
+                () = tokio::time::sleep(POLL) => {}
+                _ = tick.tick() => t.sweep_now(&settings).await,
+            }
+            continue;
+        }
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { return t.sinks };
-                let s = settings.load_full();
-                if let Err(e) = t.handle(&s, msg).await {
-                    metrics::counter!("sandgate_analytics_store_errors_total").increment(1);
-                    tracing::warn!(error = %e, "analytics: store failed; this observation is skipped");
-                }
+                t.observe(&settings, msg).await;
             }
-            _ = tick.tick() => {
-                let s = settings.load_full();
-                if let Err(e) = t.sweep(&s).await {
-                    metrics::counter!("sandgate_analytics_store_errors_total").increment(1);
-                    tracing::warn!(error = %e, "analytics: stall sweep failed; retrying at the next interval");
-                }
-            }
+            _ = tick.tick() => t.sweep_now(&settings).await,
         }
     }
 }
+
+/// How long the busy worker sleeps between drains of its queue.
+const POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// `x` rounded to two decimals.
 fn round2(x: f64) -> f64 {
@@ -127,6 +143,22 @@ fn round2(x: f64) -> f64 {
 }
 
 impl Tracker {
+    async fn observe(&mut self, settings: &ArcSwap<Settings>, msg: Msg) {
+        let s = settings.load_full();
+        if let Err(e) = self.handle(&s, msg).await {
+            metrics::counter!("sandgate_analytics_store_errors_total").increment(1);
+            tracing::warn!(error = %e, "analytics: store failed; this observation is skipped");
+        }
+    }
+
+    async fn sweep_now(&mut self, settings: &ArcSwap<Settings>) {
+        let s = settings.load_full();
+        if let Err(e) = self.sweep(&s).await {
+            metrics::counter!("sandgate_analytics_store_errors_total").increment(1);
+            tracing::warn!(error = %e, "analytics: stall sweep failed; retrying at the next interval");
+        }
+    }
+
     fn store(&self) -> &SharedStore {
         // Never the request path's handle: a failing worker must not make
         // the store count as down for requests.

@@ -155,9 +155,7 @@ pub async fn run(
         admit::admit(routed.api, p, crate::tenants::now_secs())?;
         facts.tenant = Some(p.tenant.id.clone());
         facts.login_method = Some(p.via);
-        facts
-            .trace
-            .note_with(|| crate::trace::reasons::admitted(p, &routed.api.name));
+        facts.trace.note_admitted();
     } else {
         facts.trace.skipped("anonymous caller");
     }
@@ -181,9 +179,7 @@ pub async fn run(
         let time = tenant_time(sandbox, registry, &p.tenant.id).await?;
         facts.tenant_now = Some(time.now);
         facts.clock_set = time.set;
-        facts
-            .trace
-            .note_with(|| crate::trace::reasons::clock(time.now, time.set));
+        facts.trace.note_clock();
     }
     // limit: the tenant's plan (rates); its standing goes on every answer.
     facts.trace.enter("limit");
@@ -197,10 +193,7 @@ pub async fn run(
             &mut facts.slot,
         )
         .await?;
-        let standing = facts.standing.as_ref();
-        facts
-            .trace
-            .note_with(|| crate::trace::reasons::limit(&p.tenant.plan, standing));
+        facts.trace.note_limit(facts.standing.as_ref());
     } else {
         facts.trace.skipped("anonymous caller: no plan");
     }

@@ -29,10 +29,15 @@ pub struct TracesConfig {
     /// `authorization`, `cvc`, `cvv`, `pin`). Default: none.
     pub scrub_fields: Vec<String>,
     /// Capacity of the queue between requests and the background writer;
-    /// a trace that finds it full is dropped and counted
-    /// (`sandgate_traces_dropped_total`). Read at start only. 1 to 1000000.
-    /// Default: 10000.
+    /// when it is full, a new trace pushes out the oldest queued one, which
+    /// is counted (`sandgate_traces_dropped_total{reason="overwritten"}`).
+    /// Read at start only. 1 to 1000000. Default: 10000.
     pub queue: Spanned<usize>,
+    /// The most CPU the background writer may use, in percent of one core:
+    /// after each batch it pauses in proportion to the time the batch took.
+    /// Under a flood, fewer (the newest) traces are written instead of
+    /// slowing the requests. 1 to 100. Default: 10.
+    pub writer_cpu_percent: Spanned<u8>,
 }
 
 fn spanned<T>(v: T) -> Spanned<T> {
@@ -48,6 +53,7 @@ impl Default for TracesConfig {
             max_body: spanned(ByteSize::kib(16)),
             scrub_fields: Vec::new(),
             queue: spanned(10_000),
+            writer_cpu_percent: spanned(10),
         }
     }
 }
@@ -86,6 +92,13 @@ impl TracesConfig {
             errors.push((
                 self.queue.referenced.line(),
                 format!("`traces.queue` is {q}; it must be between 1 and 1000000"),
+            ));
+        }
+        let p = self.writer_cpu_percent.value;
+        if !(1..=100).contains(&p) {
+            errors.push((
+                self.writer_cpu_percent.referenced.line(),
+                format!("`traces.writer_cpu_percent` is {p}; it must be between 1 and 100"),
             ));
         }
         errors

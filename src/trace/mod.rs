@@ -32,7 +32,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response};
+use http::{HeaderMap, HeaderValue, Method, Response, Uri};
+
 use serde::{Deserialize, Serialize};
 
 use crate::body::Body;
@@ -59,17 +60,30 @@ pub enum Verdict {
     Noted,
 }
 
-/// Why a stage decided what it did, rendered for a person when the trace
-/// is kept (so anonymous requests format nothing).
+/// Why a stage decided what it did. The common reasons keep only what
+/// they are made of and are written out by the background writer, so the
+/// request path formats nothing for them (and a trace that is never
+/// written costs no formatting at all).
 #[derive(Debug, Default)]
 enum Reason {
     #[default]
     None,
     Static(&'static str),
     Text(String),
-    /// The API and operation route chose (rendered from the facts).
+    /// The API and operation route chose.
     Route,
-    /// What dispatch answered with (rendered from the facts).
+    /// How the caller was identified.
+    Identified,
+    /// The tenant's sandbox was admitted.
+    Admitted,
+    /// The tenant's clock.
+    Clock,
+    /// The plan's standing after the limit stage: its `RateLimit-Policy`
+    /// and `RateLimit` values, when a rate or quota applies.
+    Limit(Option<Box<(HeaderValue, HeaderValue)>>),
+    /// The body matched the operation.
+    Validated,
+    /// What dispatch answered with.
     Dispatch,
 }
 
@@ -99,6 +113,8 @@ pub struct Settings {
     pub scrubber: Arc<scrub::Scrubber>,
     /// Queue capacity (read at start).
     pub queue: usize,
+    /// The writer's CPU budget, percent of one core.
+    pub writer_cpu_percent: u8,
 }
 
 impl Settings {
@@ -111,6 +127,7 @@ impl Settings {
             max_body: c.max_body.value.as_usize(),
             scrubber: Arc::new(scrub::Scrubber::for_traces(&c.scrub_fields)),
             queue: c.queue.value.max(1),
+            writer_cpu_percent: c.writer_cpu_percent.value.clamp(1, 100),
         }
     }
 }
@@ -121,13 +138,29 @@ impl Default for Settings {
     }
 }
 
-/// The request as the trace shows it, captured once the caller is identified.
+/// The request as the trace shows it, captured once the caller is
+/// identified (clones that share the request's buffers).
 #[derive(Debug)]
 struct Head {
     method: Method,
-    path: String,
-    query: Option<String>,
+    uri: Uri,
     headers: HeaderMap,
+}
+
+/// Who the identified caller is, as the trace tells it.
+#[derive(Debug)]
+struct Who {
+    tenant: Arc<crate::tenants::Tenant>,
+    via: crate::pipeline::identify::Via,
+    client: Arc<str>,
+    /// The last four characters of an API key (UTF-8, at most 16 bytes).
+    key_tail: ([u8; 16], u8),
+}
+
+impl Who {
+    fn key_tail(&self) -> &str {
+        std::str::from_utf8(&self.key_tail.0[..usize::from(self.key_tail.1)]).unwrap_or_default()
+    }
 }
 
 /// The per-request recorder, in [`RequestFacts::trace`]. Every call is a
@@ -137,8 +170,8 @@ pub struct Recorder {
     entries: Vec<Entry>,
     /// Traces are enabled for this sandbox.
     enabled: bool,
-    /// The identified tenant (then the trace is kept).
-    tenant: Option<String>,
+    /// The identified caller (then the trace is kept).
+    who: Option<Who>,
     /// Never kept (trace lookups, so reading the log never pushes the
     /// partner's real requests out of it).
     unkept: bool,
@@ -213,7 +246,7 @@ impl Recorder {
 
     /// Whether this request's trace will be kept (and is worth formatting).
     pub fn kept(&self) -> bool {
-        self.enabled && self.tenant.is_some() && !self.unkept
+        self.enabled && self.who.is_some() && !self.unkept
     }
 
     fn close(&mut self, now: Instant) {
@@ -279,6 +312,37 @@ impl Recorder {
         }
     }
 
+    /// The current stage admitted the identified tenant's sandbox.
+    pub fn note_admitted(&mut self) {
+        if let Some(e) = self.current() {
+            e.reason = Reason::Admitted;
+        }
+    }
+
+    /// The current stage read the tenant's clock (`RequestFacts::tenant_now`).
+    pub fn note_clock(&mut self) {
+        if let Some(e) = self.current() {
+            e.reason = Reason::Clock;
+        }
+    }
+
+    /// The limit stage's verdict: the plan's standing, when one applies.
+    pub fn note_limit(&mut self, standing: Option<&crate::pipeline::limit::Standing>) {
+        if self.kept()
+            && let Some(e) = self.entries.last_mut()
+        {
+            e.reason =
+                Reason::Limit(standing.map(|s| Box::new((s.policy.clone(), s.limit.clone()))));
+        }
+    }
+
+    /// The body matched the routed operation.
+    pub fn note_validated(&mut self) {
+        if let Some(e) = self.current() {
+            e.reason = Reason::Validated;
+        }
+    }
+
     /// The current stage's configuration pointer.
     pub fn rule(&mut self, rule: impl FnOnce() -> String) {
         if self.kept()
@@ -314,30 +378,33 @@ impl Recorder {
         if !self.enabled {
             return;
         }
-        let tenant = &principal.tenant.id;
-        self.tenant = Some(tenant.clone());
+        let mut key_tail = ([0u8; 16], 0u8);
+        if principal.via == crate::pipeline::identify::Via::ApiKey {
+            let key = req
+                .headers()
+                .get("x-api-key")
+                .or_else(|| req.headers().get(http::header::AUTHORIZATION))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            let tail = last4(key).as_bytes();
+            let n = tail.len().min(16);
+            key_tail.0[..n].copy_from_slice(&tail[..n]);
+            key_tail.1 = u8::try_from(n).unwrap_or(0);
+        }
+        self.who = Some(Who {
+            tenant: principal.tenant.clone(),
+            via: principal.via,
+            client: principal.client.clone(),
+            key_tail,
+        });
         self.head = Some(Head {
             method: req.method().clone(),
-            path: req.uri().path().to_owned(),
-            query: req.uri().query().map(str::to_owned),
+            uri: req.uri().clone(),
             headers: req.headers().clone(),
         });
-        let how = match principal.via {
-            crate::pipeline::identify::Via::ApiKey => {
-                let key = req
-                    .headers()
-                    .get("x-api-key")
-                    .or_else(|| req.headers().get(http::header::AUTHORIZATION))
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                format!("api key …{}", last4(key))
-            }
-            crate::pipeline::identify::Via::Jwt => format!("JWT of client {}", principal.client),
-            crate::pipeline::identify::Via::Mtls => {
-                format!("client certificate {}", principal.client)
-            }
-        };
-        self.note_with(|| format!("{how} → tenant {tenant}"));
+        if let Some(e) = self.entries.last_mut() {
+            e.reason = Reason::Identified;
+        }
     }
 
     /// This request's trace is not kept (a trace lookup).
@@ -434,7 +501,7 @@ pub fn finish(
     resp: Response<Body>,
     latency: Duration,
 ) -> Response<Body> {
-    if !facts.trace.kept() || !sink.has_room() {
+    if !facts.trace.kept() || !sink.has_room(resp.status().as_u16() >= 400) {
         return resp;
     }
     let mut rec = std::mem::take(&mut facts.trace);
@@ -445,35 +512,22 @@ pub fn finish(
         .and_then(|(a, op)| a.contract.as_ref().map(|c| c.operations[op].id.clone()));
     let source = facts.source.map(|s| s.as_str());
     let target = target_of(resp.headers());
-    // The reasons that need the facts are rendered now; everything else
-    // is turned into its stored form by the background writer.
-    for e in &mut rec.entries {
-        let text = match &e.reason {
-            Reason::Route => api.map(|a| match &operation {
-                Some(op) => format!("API {}, operation {op}", a.name),
-                None => format!("API {} (prefix {})", a.name, a.prefix),
-            }),
-            Reason::Dispatch => source.map(|s| match &target {
-                Some(t) => format!("answered from {s}: {t}"),
-                None => format!("answered from {s}"),
-            }),
-            _ => continue,
-        };
-        e.reason = text.map_or(Reason::None, Reason::Text);
-    }
     let stages = std::mem::take(&mut rec.entries);
-    let (head, tenant) = match (rec.head.take(), rec.tenant.take()) {
-        (Some(h), Some(t)) => (h, t),
+    let (head, who) = match (rec.head.take(), rec.who.take()) {
+        (Some(h), Some(w)) => (h, w),
         _ => return resp,
     };
     let pending = Pending {
-        tenant,
+        who,
         request_id: facts.request_id.clone(),
         at_ms: crate::store::system_now(),
         tenant_now: facts.tenant_now,
         clock_set: facts.clock_set,
         head,
         api: api.map(|a| a.name.to_string()),
+        prefix: api
+            .filter(|_| operation.is_none())
+            .map(|a| a.prefix.clone()),
         mode: api.map(|a| a.mode.as_str()),
         operation,
         source,
@@ -488,7 +542,8 @@ pub fn finish(
         request_body: rec.request_body.take(),
         streamed: rec.streamed.take(),
         response_headers: resp.headers().clone(),
-        response_body: bytes::BytesMut::new(),
+        response_body: Vec::new(),
+        response_kept: 0,
         response_total: 0,
         response_complete: false,
         max_body: rec.max_body,
@@ -497,13 +552,31 @@ pub fn finish(
     tee::wrap(sink.clone(), pending, resp)
 }
 
-/// The scenario rule or fixture that answered, from the facade's headers.
-fn target_of(headers: &HeaderMap) -> Option<String> {
-    let get = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(rule) = get(&crate::facade::SANDGATE_SCENARIO) {
-        return Some(format!("scenario rule '{rule}'"));
+/// What answered, as the facade's headers name it.
+#[derive(Debug)]
+enum Target {
+    Scenario(HeaderValue),
+    Fixture(HeaderValue),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, v) = match self {
+            Target::Scenario(v) => ("scenario rule", v),
+            Target::Fixture(v) => ("fixture", v),
+        };
+        write!(f, "{kind} '{}'", String::from_utf8_lossy(v.as_bytes()))
     }
-    get(&crate::facade::fixtures::SANDGATE_FIXTURE).map(|f| format!("fixture '{f}'"))
+}
+
+/// The scenario rule or fixture that answered, from the facade's headers.
+fn target_of(headers: &HeaderMap) -> Option<Target> {
+    if let Some(rule) = headers.get(&crate::facade::SANDGATE_SCENARIO) {
+        return Some(Target::Scenario(rule.clone()));
+    }
+    headers
+        .get(&crate::facade::fixtures::SANDGATE_FIXTURE)
+        .map(|f| Target::Fixture(f.clone()))
 }
 
 /// One stage as stored.
@@ -527,17 +600,19 @@ pub struct Stage {
 /// raw (scrubbing and serializing happen off the request path).
 #[derive(Debug)]
 pub struct Pending {
-    tenant: String,
+    who: Who,
     request_id: String,
     at_ms: u64,
     tenant_now: Option<u64>,
     clock_set: bool,
     head: Head,
     api: Option<String>,
+    /// The API's prefix, when no operation was routed (the route reason).
+    prefix: Option<String>,
     mode: Option<&'static str>,
     operation: Option<String>,
     source: Option<&'static str>,
-    target: Option<String>,
+    target: Option<Target>,
     status: u16,
     dry_run: bool,
     refusal: Option<RefusalFacts>,
@@ -549,7 +624,10 @@ pub struct Pending {
     request_body: Option<(Bytes, usize)>,
     streamed: Option<Arc<Capture>>,
     response_headers: HeaderMap,
-    response_body: bytes::BytesMut,
+    /// The first `max_body` bytes of the answer, as the frames that carried
+    /// them (shared, not copied; the last one may be cut).
+    response_body: Vec<Bytes>,
+    response_kept: usize,
     response_total: usize,
     response_complete: bool,
     max_body: usize,
@@ -646,11 +724,132 @@ fn rfc3339_ms(ms: u64) -> String {
 impl Pending {
     /// The tenant.
     pub fn tenant(&self) -> &str {
-        &self.tenant
+        &self.who.tenant.id
+    }
+
+    /// A bare trace of `tenant`'s request `request_id` (tests of the queue).
+    #[cfg(test)]
+    pub(crate) fn bare(tenant: &str, request_id: &str, at_ms: u64) -> Box<Pending> {
+        let t = crate::tenants::Tenant {
+            id: tenant.into(),
+            prospect_company: String::new(),
+            prospect_email: String::new(),
+            deal_id: None,
+            industry: None,
+            persona: None,
+            plan: "free".into(),
+            features_enabled: None,
+            sample_data_persona: None,
+            mtls_identities: Vec::new(),
+            client_id: String::new(),
+            client_secret_sha256: String::new(),
+            api_key_sha256: String::new(),
+            created_at: 0,
+            expires_at: 0,
+            deactivated_at: None,
+            expired_at: None,
+        };
+        Box::new(Pending {
+            who: Who {
+                tenant: Arc::new(t),
+                via: crate::pipeline::identify::Via::ApiKey,
+                client: "c".into(),
+                key_tail: ([0; 16], 0),
+            },
+            request_id: request_id.into(),
+            at_ms,
+            tenant_now: None,
+            clock_set: false,
+            head: Head {
+                method: Method::GET,
+                uri: Uri::from_static("/x"),
+                headers: HeaderMap::new(),
+            },
+            api: None,
+            prefix: None,
+            mode: None,
+            operation: None,
+            source: None,
+            target: None,
+            status: 200,
+            dry_run: false,
+            refusal: None,
+            stages: Vec::new(),
+            latency: Duration::ZERO,
+            upstream: None,
+            trace_id: [0; 16],
+            request_body: None,
+            streamed: None,
+            response_headers: HeaderMap::new(),
+            response_body: Vec::new(),
+            response_kept: 0,
+            response_total: 0,
+            response_complete: true,
+            max_body: 0,
+            scrubber: Arc::new(scrub::Scrubber::for_traces(&[])),
+        })
+    }
+
+    /// The request id.
+    #[cfg(test)]
+    pub(crate) fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// When the request arrived, ms since the Unix epoch.
+    pub fn at_ms(&self) -> u64 {
+        self.at_ms
+    }
+
+    /// The text of a reason kept in its raw form.
+    fn reason(&self, r: Reason) -> Option<String> {
+        let t = &self.who.tenant;
+        Some(match r {
+            Reason::None => return None,
+            Reason::Static(r) => r.to_owned(),
+            Reason::Text(r) => self.scrubber.text(&r).into_owned(),
+            Reason::Route => match (&self.api, &self.operation, &self.prefix) {
+                (Some(a), Some(op), _) => format!("API {a}, operation {op}"),
+                (Some(a), None, Some(p)) => format!("API {a} (prefix {p})"),
+                _ => return None,
+            },
+            Reason::Identified => {
+                use crate::pipeline::identify::Via;
+                let how = match self.who.via {
+                    Via::ApiKey => format!("api key …{}", self.who.key_tail()),
+                    Via::Jwt => format!("JWT of client {}", self.who.client),
+                    Via::Mtls => format!("client certificate {}", self.who.client),
+                };
+                format!("{how} → tenant {}", t.id)
+            }
+            Reason::Admitted => reasons::admitted(t, self.api.as_deref().unwrap_or_default()),
+            Reason::Clock => reasons::clock(self.tenant_now?, self.clock_set),
+            Reason::Limit(standing) => reasons::limit(&t.plan, standing.as_deref()),
+            Reason::Validated => format!(
+                "matches operation {} of the contract",
+                self.operation.as_deref()?
+            ),
+            Reason::Dispatch => match (self.source, &self.target) {
+                (Some(s), Some(t)) => format!("answered from {s}: {t}"),
+                (Some(s), None) => format!("answered from {s}"),
+                _ => return None,
+            },
+        })
     }
 
     /// Scrubs and renders the stored trace (in the background writer).
-    pub fn render(self) -> Trace {
+    pub fn render(mut self) -> Trace {
+        let entries = std::mem::take(&mut self.stages);
+        let stages = entries
+            .into_iter()
+            .map(|e| Stage {
+                stage: e.stage.to_owned(),
+                verdict: e.verdict,
+                reason: self.reason(e.reason),
+                rule: e.rule,
+                micros: e.micros.unwrap_or(0),
+            })
+            .collect();
         let s = &*self.scrubber;
         let content_type = |h: &HeaderMap| {
             h.get(http::header::CONTENT_TYPE)
@@ -674,49 +873,43 @@ impl Pending {
                 content: body_content(s, b, req_ct.as_deref(), *total > b.len()),
             });
         let response_body = (self.response_total > 0).then(|| {
-            let truncated = self.response_total > self.response_body.len();
+            let truncated = self.response_total > self.response_kept;
+            let whole;
+            let bytes: &[u8] = match self.response_body.as_slice() {
+                [one] => one,
+                frames => {
+                    whole = frames.concat();
+                    &whole
+                }
+            };
             BodyView {
                 bytes: self.response_total,
                 truncated,
-                content: body_content(s, &self.response_body, resp_ct.as_deref(), truncated),
+                content: body_content(s, bytes, resp_ct.as_deref(), truncated),
             }
         });
         let _ = self.response_complete;
         Trace {
             request_id: self.request_id,
-            sandbox_id: self.tenant,
+            sandbox_id: self.who.tenant.id.clone(),
             received_at: rfc3339_ms(self.at_ms),
             tenant_time: self.tenant_now.map(crate::clock::rfc3339),
             test_clock: self.clock_set,
             method: self.head.method.to_string(),
-            path: s.text(&self.head.path).into_owned(),
-            query: self.head.query.as_deref().map(|q| s.form(q)),
+            path: s.text(self.head.uri.path()).into_owned(),
+            query: self.head.uri.query().map(|q| s.form(q)),
             api: self.api,
             operation: self.operation,
             mode: self.mode.map(str::to_owned),
             source: self.source.map(str::to_owned),
-            target: self.target,
+            target: self.target.as_ref().map(ToString::to_string),
             status: self.status,
             dry_run: self.dry_run,
             refusal: self.refusal,
             latency_ms: self.latency.as_secs_f64() * 1000.0,
             upstream_latency_ms: self.upstream.map(|d| d.as_secs_f64() * 1000.0),
             trace_id: crate::trace_context::Hex(&self.trace_id).to_string(),
-            stages: self
-                .stages
-                .into_iter()
-                .map(|e| Stage {
-                    stage: e.stage.to_owned(),
-                    verdict: e.verdict,
-                    reason: match e.reason {
-                        Reason::None | Reason::Route | Reason::Dispatch => None,
-                        Reason::Static(r) => Some(r.to_owned()),
-                        Reason::Text(r) => Some(s.text(&r).into_owned()),
-                    },
-                    rule: e.rule,
-                    micros: e.micros.unwrap_or(0),
-                })
-                .collect(),
+            stages,
             request: MessageView {
                 headers: headers_view(s, &self.head.headers),
                 body: request_body,

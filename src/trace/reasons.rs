@@ -8,9 +8,8 @@ use super::Recorder;
 use crate::body::RequestBody;
 use crate::config::ValidateMode;
 use crate::pipeline::dry_run::Asked;
-use crate::pipeline::identify::Principal;
-use crate::pipeline::limit::Standing;
 use crate::pipeline::route::Routed;
+use crate::tenants::Tenant;
 
 /// What `X-Dry-Run` asked for.
 pub fn dry_run(asked: Asked) -> &'static str {
@@ -22,8 +21,7 @@ pub fn dry_run(asked: Asked) -> &'static str {
 }
 
 /// The sandbox that was admitted.
-pub fn admitted(p: &Principal, api: &str) -> String {
-    let t = &p.tenant;
+pub fn admitted(t: &Tenant, api: &str) -> String {
     format!(
         "sandbox {} is active until {}; plan {}; API {api} is enabled",
         t.id,
@@ -41,14 +39,15 @@ pub fn clock(now: u64, set: bool) -> String {
     }
 }
 
-/// The plan's standing after the limit stage.
-pub fn limit(plan: &str, standing: Option<&Standing>) -> String {
+/// The plan's standing after the limit stage: its `RateLimit-Policy` and
+/// `RateLimit` values, when a rate or quota applies.
+pub fn limit(plan: &str, standing: Option<&(HeaderValue, HeaderValue)>) -> String {
     let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
     match standing {
-        Some(s) => format!(
+        Some((policy, limit)) => format!(
             "plan {plan}: within its limits (RateLimit-Policy: {}; RateLimit: {})",
-            text(&s.policy),
-            text(&s.limit)
+            text(policy),
+            text(limit)
         ),
         None => format!("plan {plan}: no rate or quota applies to this request"),
     }
@@ -84,11 +83,9 @@ pub fn validated(
             });
             rec.rule(|| format!("apis.{}.validate", api.name));
         }
-        None => rec.note_with(|| {
-            format!(
-                "matches operation {} of the contract",
-                contract.operations[op].id
-            )
-        }),
+        None => {
+            let _ = (contract, op);
+            rec.note_validated();
+        }
     }
 }

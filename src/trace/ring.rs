@@ -19,13 +19,13 @@
 //! answers "not found" instead of another request. Request ids are
 //! `[A-Za-z0-9._:-]{1,128}` (`edge::request_id`), so they are safe in a key.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 use super::{Pending, Settings, Trace};
 use crate::store::{Store, StoreError, Write, keys};
@@ -35,17 +35,51 @@ use crate::store::{Store, StoreError, Write, keys};
 const BATCH: usize = 256;
 
 /// The queue from the request path to the background writer. Cheap to
-/// clone; submitting never waits (a full queue drops the trace and counts it).
+/// clone; submitting never waits.
+///
+/// When the queue is full (the writer is behind), a successful request is
+/// not traced at all (`reason="queue_full"`: nothing is built for it), and
+/// an error or refusal, the trace a partner comes looking for, pushes out
+/// the oldest queued trace (`reason="overwritten"`). The
+/// writer spends at most its CPU budget (`traces.writer_cpu_percent` of one
+/// core): after each batch it pauses for as long as the batch took, times
+/// the budget's complement. Under light traffic that pause is a fraction of
+/// a millisecond; under a flood it keeps tracing from taking the cores away
+/// from the requests, and what accumulates meanwhile is coalesced (only the
+/// newest `max_per_tenant` of a tenant can be in its ring anyway).
 #[derive(Clone, Debug, Default)]
 pub struct Sink(Arc<Inner>);
 
 #[derive(Debug, Default)]
 struct Inner {
-    tx: OnceLock<mpsc::Sender<Box<Pending>>>,
+    /// One queue per worker thread (and one for any other thread), so
+    /// workers never contend for a lock and a pushed-out trace is freed on
+    /// the thread that made it. Set when the writer starts.
+    shards: OnceLock<Box<[Shard]>>,
+    /// Capacity of each shard; 0 until the writer starts.
+    capacity: AtomicUsize,
+    /// Work for the writer.
+    wake: Notify,
+    /// A lookup waits: the writer skips its pause.
+    hurry: Notify,
     /// Traces accepted into the queue.
     submitted: AtomicU64,
-    /// Traces the writer has finished with (written or failed).
+    /// Traces pushed out of the full queue (done with, never written).
+    overwritten: AtomicU64,
+    /// Successful requests not traced because the queue was full.
+    skipped: AtomicU64,
+    /// What the writer has already added to the metrics of the two above.
+    published: Mutex<(u64, u64)>,
+    /// Traces the writer has finished with (written, failed or coalesced away).
     processed: OnceLock<watch::Sender<u64>>,
+}
+
+/// One worker's queue.
+#[derive(Debug, Default)]
+struct Shard {
+    queue: Mutex<VecDeque<Box<Pending>>>,
+    /// Its length (read without the lock).
+    len: AtomicUsize,
 }
 
 impl Sink {
@@ -54,47 +88,106 @@ impl Sink {
         Sink::default()
     }
 
-    /// Opens the queue with room for `capacity` traces and returns its
-    /// receiving end, once (`None` when already started).
-    pub fn start(&self, capacity: usize) -> Option<mpsc::Receiver<Box<Pending>>> {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        self.0.tx.set(tx).ok()?;
-        let _ = self.0.processed.set(watch::Sender::new(0));
-        Some(rx)
-    }
-
-    /// Whether the queue has room for one more trace now. When it has not,
-    /// the trace is counted as dropped here, so the request path does not
-    /// build a record (and tee its answer's body) only to drop it: under
-    /// overload the cost of tracing falls instead of adding to the load.
-    pub(super) fn has_room(&self) -> bool {
-        match self.0.tx.get() {
-            None => {
-                dropped("not_started", 1);
-                false
-            }
-            Some(tx) if tx.capacity() == 0 => {
-                dropped("queue_full", 1);
-                false
-            }
-            Some(_) => true,
+    /// Opens the queue with room for `capacity` traces, shared out between
+    /// `workers` worker threads; `false` when it was already started.
+    fn start(&self, capacity: usize, workers: usize) -> bool {
+        let shards = (0..=workers.max(1)).map(|_| Shard::default()).collect();
+        if self.0.shards.set(shards).is_err() {
+            return false;
         }
+        let _ = self.0.processed.set(watch::Sender::new(0));
+        self.0
+            .capacity
+            .store(capacity.div_ceil(workers.max(1)).max(1), Ordering::Release);
+        true
     }
 
-    /// Queues a finished trace, or drops and counts it when the queue is
+    /// The current thread's queue, once the writer runs.
+    fn shard(&self) -> Option<(&Shard, usize)> {
+        let capacity = self.0.capacity.load(Ordering::Acquire);
+        let shards = self.0.shards.get().filter(|_| capacity > 0)?;
+        Some((
+            &shards[crate::server::worker_slot() % shards.len()],
+            capacity,
+        ))
+    }
+
+    /// Whether the trace of a request that ended with an error (`error`)
+    /// or a success should be built and queued now. Counts what it turns
+    /// away.
+    pub(super) fn has_room(&self, error: bool) -> bool {
+        let Some((shard, capacity)) = self.shard() else {
+            dropped("not_started", 1);
+            return false;
+        };
+        if error || shard.len.load(Ordering::Relaxed) < capacity {
+            return true;
+        }
+        self.0.skipped.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Adds what the request path counted to the metrics (from the writer,
+    /// so requests never touch the metrics registry for it).
+    fn publish(&self) {
+        let Ok(mut p) = self.0.published.lock() else {
+            return;
+        };
+        let overwritten = self.0.overwritten.load(Ordering::Acquire);
+        let skipped = self.0.skipped.load(Ordering::Acquire);
+        if overwritten > p.0 {
+            dropped("overwritten", overwritten - p.0);
+        }
+        if skipped > p.1 {
+            dropped("queue_full", skipped - p.1);
+        }
+        *p = (overwritten, skipped);
+    }
+
+    /// Queues a finished trace, pushing out the oldest when the queue is
     /// full (never waits).
     pub(super) fn submit(&self, p: Box<Pending>) {
-        let Some(tx) = self.0.tx.get() else {
+        let Some((shard, capacity)) = self.shard() else {
             dropped("not_started", 1);
             return;
         };
-        // Counted before sending, so a lookup that starts after this
-        // request ended waits for it.
-        self.0.submitted.fetch_add(1, Ordering::AcqRel);
-        if tx.try_send(p).is_err() {
-            self.0.submitted.fetch_sub(1, Ordering::AcqRel);
-            dropped("queue_full", 1);
+        let old = {
+            let Ok(mut q) = shard.queue.lock() else {
+                return;
+            };
+            let old = (q.len() >= capacity).then(|| q.pop_front()).flatten();
+            q.push_back(p);
+            shard.len.store(q.len(), Ordering::Relaxed);
+            // Counted under the lock, so a lookup that starts after this
+            // request ended waits for it.
+            self.0.submitted.fetch_add(1, Ordering::AcqRel);
+            if old.is_some() {
+                self.0.overwritten.fetch_add(1, Ordering::AcqRel);
+            }
+            old
+        };
+        self.0.wake.notify_one();
+        // The pushed-out trace is freed here, outside the lock.
+        drop(old);
+    }
+
+    /// Everything queued now.
+    #[expect(
+        clippy::vec_box,
+        reason = "a trace is boxed once on the request path; sorting and coalescing move pointers, not records"
+    )]
+    fn take(&self) -> Vec<Box<Pending>> {
+        let mut all = Vec::new();
+        for shard in self.0.shards.get().into_iter().flatten() {
+            let taken = shard.queue.lock().map(|mut q| {
+                shard.len.store(0, Ordering::Relaxed);
+                std::mem::take(&mut *q)
+            });
+            all.extend(taken.unwrap_or_default());
         }
+        // The shards interleave in time: oldest first again.
+        all.sort_by_key(|p| p.at_ms());
+        all
     }
 
     fn processed(&self, n: usize) {
@@ -104,15 +197,22 @@ impl Sink {
     }
 
     /// Waits (at most `within`) until every trace queued before this call
-    /// has been written, so a partner who looks a request up right after
-    /// its answer finds it. Returns at once when nothing is pending.
+    /// has been written (or dropped), so a partner who looks a request up
+    /// right after its answer finds it. The writer skips its pause for it.
+    /// Returns at once when nothing is pending.
     pub async fn settle(&self, within: Duration) {
         let target = self.0.submitted.load(Ordering::Acquire);
         let Some(w) = self.0.processed.get() else {
             return;
         };
+        let overwritten = &self.0.overwritten;
+        let done = |v: &u64| *v + overwritten.load(Ordering::Acquire) >= target;
+        if done(&w.borrow()) {
+            return;
+        }
+        self.0.hurry.notify_one();
         let mut rx = w.subscribe();
-        let _ = tokio::time::timeout(within, rx.wait_for(|v| *v >= target)).await;
+        let _ = tokio::time::timeout(within, rx.wait_for(done)).await;
     }
 }
 
@@ -206,34 +306,90 @@ impl Summary {
     }
 }
 
-/// The background writer: takes traces off the queue in batches, scrubs
-/// and serializes them, and writes each batch to the store at once. Runs
-/// until the queue closes; `settings` gives the current `traces:` settings
-/// (they follow reloads, except the queue size).
+/// The background writer: takes what is queued, keeps the newest
+/// `max_per_tenant` of each tenant (older ones would be overwritten in the
+/// ring by the same batch), scrubs and serializes them, and writes them to
+/// the store in batches, pausing after each to stay within its CPU budget.
+/// Runs until the task is dropped; `settings` gives the current `traces:`
+/// settings (they follow reloads, except the queue size).
 pub async fn write_behind(
     sink: Sink,
     store: crate::store::SharedStore,
+    workers: usize,
     settings: impl Fn() -> Settings,
 ) {
-    let Some(mut rx) = sink.start(settings().queue) else {
+    if !sink.start(settings().queue, workers) {
         return;
-    };
-    let mut batch = Vec::with_capacity(BATCH);
+    }
     loop {
-        let n = rx.recv_many(&mut batch, BATCH).await;
-        if n == 0 {
-            return;
+        let woken = sink.0.wake.notified();
+        sink.publish();
+        let queued = sink.take();
+        if queued.is_empty() {
+            woken.await;
+            continue;
         }
         let s = settings();
-        if let Err(e) = write_batch(&*store, &s, batch.drain(..)).await {
-            // The store's own failure is counted by `store::Measured`.
-            dropped("store", n as u64);
-            tracing::warn!(error = %e, traces = n, "could not write decision traces");
-        } else {
-            metrics::counter!("sandgate_traces_written_total").increment(n as u64);
+        let (keep, superseded) = newest_per_tenant(queued, s.max_per_tenant as usize);
+        if superseded > 0 {
+            dropped("overwritten", superseded as u64);
+            sink.processed(superseded);
         }
-        sink.processed(n);
+        let mut keep = keep.into_iter().peekable();
+        while keep.peek().is_some() {
+            let batch: Vec<Box<Pending>> = keep.by_ref().take(BATCH).collect();
+            let n = batch.len();
+            let started = std::time::Instant::now();
+            if let Err(e) = write_batch(&*store, &s, batch.into_iter()).await {
+                // The store's own failure is counted by `store::Measured`.
+                dropped("store", n as u64);
+                tracing::warn!(error = %e, traces = n, "could not write decision traces");
+            } else {
+                metrics::counter!("sandgate_traces_written_total").increment(n as u64);
+            }
+            sink.processed(n);
+            // Stay within the budget: pause (busy × (100 − p) / p), and at
+            // least POLL, so that while traffic flows the requests' submits
+            // find the writer busy or asleep and wake nobody; a lookup
+            // waiting for its trace cuts the pause short.
+            let p = u32::from(s.writer_cpu_percent.clamp(1, 100));
+            let pause = (started.elapsed() * (100 - p) / p).max(POLL);
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = sink.0.hurry.notified() => {}
+            }
+        }
     }
+}
+
+/// The shortest pause between two batches of the writer.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The newest `ring` traces of each tenant, in queue order, and how many
+/// older ones were left out.
+#[expect(
+    clippy::vec_box,
+    reason = "a trace is boxed once on the request path; sorting and coalescing move pointers, not records"
+)]
+fn newest_per_tenant(queued: Vec<Box<Pending>>, ring: usize) -> (Vec<Box<Pending>>, usize) {
+    let mut left: HashMap<&str, usize> = HashMap::new();
+    let mut keep = vec![false; queued.len()];
+    for (i, p) in queued.iter().enumerate().rev() {
+        let n = left.entry(p.tenant()).or_insert(ring.max(1));
+        if *n > 0 {
+            *n -= 1;
+            keep[i] = true;
+        }
+    }
+    drop(left);
+    let total = queued.len();
+    let kept: Vec<Box<Pending>> = queued
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(p, k)| k.then_some(p))
+        .collect();
+    let superseded = total - kept.len();
+    (kept, superseded)
 }
 
 /// Writes one batch: a number per trace from each tenant's counter, the
@@ -489,4 +645,66 @@ pub async fn list(
     out.sort_by(|a, b| b.at_ms.cmp(&a.at_ms).then(b.seq.cmp(&a.seq)));
     out.truncate(filter.limit);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[Box<Pending>]) -> Vec<&str> {
+        v.iter().map(|p| p.request_id()).collect()
+    }
+
+    #[test]
+    fn coalescing_keeps_each_tenants_newest_in_order() {
+        let queued = ["a1", "b1", "a2", "a3", "b2", "a4"]
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Pending::bare(&id[..1], id, i as u64))
+            .collect();
+        let (kept, superseded) = newest_per_tenant(queued, 2);
+        assert_eq!(ids(&kept), ["b1", "a3", "b2", "a4"]);
+        assert_eq!(superseded, 2);
+    }
+
+    #[test]
+    fn a_full_queue_turns_successes_away_and_keeps_errors_newest_first() {
+        let sink = Sink::new();
+        assert!(
+            !sink.has_room(true),
+            "nothing is queued before the writer starts"
+        );
+        assert!(sink.start(2, 1));
+        assert!(!sink.start(2, 1), "starts once");
+        for (i, id) in ["r1", "r2"].iter().enumerate() {
+            assert!(sink.has_room(false));
+            sink.submit(Pending::bare("t", id, i as u64));
+        }
+        // Full: a success is not even built; an error pushes out the oldest.
+        assert!(!sink.has_room(false));
+        assert!(sink.has_room(true));
+        sink.submit(Pending::bare("t", "e3", 3));
+        assert_eq!(sink.0.skipped.load(Ordering::Relaxed), 1);
+        assert_eq!(sink.0.overwritten.load(Ordering::Relaxed), 1);
+        let taken = sink.take();
+        assert_eq!(ids(&taken), ["r2", "e3"]);
+        // Taken: room again.
+        assert!(sink.has_room(false));
+    }
+
+    #[test]
+    fn take_merges_the_workers_queues_oldest_first() {
+        let sink = Sink::new();
+        assert!(sink.start(10, 2));
+        sink.submit(Pending::bare("t", "late", 20));
+        // Another thread is another queue (slot 0: not a worker; a worker's
+        // slot is its index + 1).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                crate::server::set_worker(0);
+                sink.submit(Pending::bare("t", "early", 10));
+            });
+        });
+        assert_eq!(ids(&sink.take()), ["early", "late"]);
+    }
 }

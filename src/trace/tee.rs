@@ -24,10 +24,12 @@ impl Submit {
     fn data(&mut self, data: &Bytes) {
         if let Some(p) = self.pending.as_mut() {
             p.response_total = p.response_total.saturating_add(data.len());
-            let room = p.max_body.saturating_sub(p.response_body.len());
-            if room > 0 {
-                p.response_body
-                    .extend_from_slice(&data[..data.len().min(room)]);
+            let room = p.max_body.saturating_sub(p.response_kept);
+            if room > 0 && !data.is_empty() {
+                // A shared slice of the frame: no copy.
+                let n = data.len().min(room);
+                p.response_body.push(data.slice(..n));
+                p.response_kept += n;
             }
         }
     }
