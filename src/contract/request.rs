@@ -45,6 +45,19 @@ struct Param {
     /// The converted schema (for coercion).
     schema: Value,
     compiled: Compiled,
+    /// The one scalar type its schema allows, when it is that simple (most
+    /// path and header parameters): its text is typed without walking the
+    /// schema on every request.
+    simple: Option<Simple>,
+}
+
+/// A parameter schema of exactly one scalar type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Simple {
+    String,
+    Integer,
+    Number,
+    Boolean,
 }
 
 #[derive(Debug)]
@@ -170,6 +183,7 @@ impl RequestSpec {
                     explode,
                     schema: converted,
                     compiled,
+                    simple: None,
                 });
             }
         }
@@ -206,11 +220,59 @@ impl RequestSpec {
                 })
             }
         };
-        Ok(RequestSpec {
+        let mut spec = RequestSpec {
             params,
             body,
             components: components.clone(),
-        })
+        };
+        let simple: Vec<Option<Simple>> =
+            spec.params.iter().map(|p| spec.simple(&p.schema)).collect();
+        for (p, s) in spec.params.iter_mut().zip(simple) {
+            p.simple = s;
+        }
+        Ok(spec)
+    }
+
+    /// The one scalar type `schema` allows, when it allows exactly one of
+    /// the seven JSON types.
+    fn simple(&self, schema: &Value) -> Option<Simple> {
+        let types = [
+            "string", "integer", "number", "boolean", "null", "array", "object",
+        ];
+        let allowed: Vec<&str> = types
+            .into_iter()
+            .filter(|t| self.is_type(schema, t))
+            .collect();
+        match allowed.as_slice() {
+            ["string"] => Some(Simple::String),
+            ["integer"] => Some(Simple::Integer),
+            ["number"] => Some(Simple::Number),
+            ["boolean"] => Some(Simple::Boolean),
+            _ => None,
+        }
+    }
+
+    /// The text of a path or header parameter as the JSON value its schema
+    /// expects ([`RequestSpec::text_value`], without the schema walk for a
+    /// simple one).
+    fn param_value(&self, p: &Param, raw: &str) -> Value {
+        match p.simple {
+            Some(Simple::String) => Value::String(raw.to_owned()),
+            Some(Simple::Integer) => raw
+                .parse::<i64>()
+                .map_or_else(|_| Value::String(raw.to_owned()), Value::from),
+            Some(Simple::Number) => raw
+                .parse::<f64>()
+                .ok()
+                .and_then(serde_json::Number::from_f64)
+                .map_or_else(|| Value::String(raw.to_owned()), Value::Number),
+            Some(Simple::Boolean) => match raw {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                _ => Value::String(raw.to_owned()),
+            },
+            None => self.text_value(&p.schema, raw, p.style, p.explode),
+        }
     }
 
     /// The body as the contract types it (JSON parsed; a form read with
@@ -260,12 +322,11 @@ impl RequestSpec {
                 Location::Path => path_values
                     .iter()
                     .find(|(n, _)| *n == p.name)
-                    .map(|(_, v)| self.text_value(&p.schema, v, p.style, p.explode)),
+                    .map(|(_, v)| self.param_value(p, v)),
                 Location::Header => req
                     .headers
                     .get(p.name.as_str())
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .map(|v| self.text_value(&p.schema, &v, p.style, p.explode)),
+                    .map(|v| self.param_value(p, &String::from_utf8_lossy(v.as_bytes()))),
                 Location::Query => self.query_value(p, &query),
             };
             match value {
@@ -818,6 +879,59 @@ mod tests {
         for (body, want) in table {
             let got = form_tree(form_urlencoded::parse(body));
             assert_eq!(&got, want, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// A simple parameter is typed exactly as the schema walk types it.
+    #[test]
+    fn simple_parameters_type_like_the_schema_walk() {
+        let components = Arc::new(json!({"schemas": {"Id": {"type": "string"}}}));
+        let spec = RequestSpec {
+            params: Vec::new(),
+            body: None,
+            components,
+        };
+        let schemas = [
+            (
+                json!({"type": "string", "pattern": "^c"}),
+                Some(Simple::String),
+            ),
+            (
+                json!({"$ref": "#/components/schemas/Id"}),
+                Some(Simple::String),
+            ),
+            (json!({"type": "integer"}), Some(Simple::Integer)),
+            (json!({"type": "number"}), Some(Simple::Number)),
+            (json!({"type": "boolean"}), Some(Simple::Boolean)),
+            (json!({"type": ["string", "null"]}), None),
+            (
+                json!({"anyOf": [{"type": "string"}, {"type": "integer"}]}),
+                None,
+            ),
+            (json!({"type": "array", "items": {"type": "integer"}}), None),
+            (json!(true), None),
+        ];
+        for (schema, want) in schemas {
+            assert_eq!(spec.simple(&schema), want, "{schema}");
+            let Some(kind) = want else { continue };
+            for raw in ["cus_1", "42", "-7", "4.5", "true", "false", "", "1e3"] {
+                let p = Param {
+                    name: "p".into(),
+                    at: "/path/p".into(),
+                    location: Location::Path,
+                    required: true,
+                    style: Style::Simple,
+                    explode: false,
+                    schema: schema.clone(),
+                    compiled: Compiled::new(&json!({})).expect("compiles"),
+                    simple: Some(kind),
+                };
+                assert_eq!(
+                    spec.param_value(&p, raw),
+                    spec.text_value(&schema, raw, Style::Simple, false),
+                    "{schema} {raw:?}"
+                );
+            }
         }
     }
 
