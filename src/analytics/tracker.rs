@@ -112,6 +112,10 @@ pub(super) async fn run(
                 Ok(msg) => {
                     t.observe(&settings, msg).await;
                     drained += 1;
+                    // A long backlog does not hold the runtime's other tasks up.
+                    if drained.is_multiple_of(64) {
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => return t.sinks,

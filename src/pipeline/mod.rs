@@ -145,9 +145,7 @@ pub async fn run(
     .await?;
     match &principal {
         Some(p) => facts.trace.identified(p, &req),
-        None => facts
-            .trace
-            .skipped("the API is public: no credentials needed"),
+        None => facts.trace.anonymous(),
     }
     // admit: the tenant's sandbox is active and includes this API.
     facts.trace.enter("admit");

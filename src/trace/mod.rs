@@ -407,6 +407,13 @@ impl Recorder {
         }
     }
 
+    /// The caller is anonymous (a public API): nobody can look this
+    /// request up, so the rest of it is not recorded (no clock reads per
+    /// stage on the public routes).
+    pub fn anonymous(&mut self) {
+        self.enabled = false;
+    }
+
     /// This request's trace is not kept (a trace lookup).
     pub fn unkept(&mut self) {
         self.unkept = true;

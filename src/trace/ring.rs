@@ -399,14 +399,29 @@ async fn write_batch(
     settings: &Settings,
     items: impl Iterator<Item = Box<Pending>>,
 ) -> Result<(), StoreError> {
-    let mut by_tenant: BTreeMap<String, Vec<(u64, Trace)>> = BTreeMap::new();
-    for p in items {
-        let at_ms = p.at_ms;
-        let t = p.render();
+    // Writing out, scrubbing and serializing is CPU work: on the blocking
+    // pool, so it never holds up the tasks of the runtime the writer runs on
+    // (the admin listener, other background work).
+    let items: Vec<Box<Pending>> = items.collect();
+    let rendered = tokio::task::spawn_blocking(move || {
+        items
+            .into_iter()
+            .map(|p| {
+                let at_ms = p.at_ms;
+                let t = p.render();
+                let body = json(&t);
+                (at_ms, t, body)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("the trace renderer failed: {e}")))?;
+    let mut by_tenant: BTreeMap<String, Vec<(u64, Trace, Vec<u8>)>> = BTreeMap::new();
+    for (at_ms, t, body) in rendered {
         by_tenant
             .entry(t.sandbox_id.clone())
             .or_default()
-            .push((at_ms, t));
+            .push((at_ms, t, body));
     }
     let ring = i64::from(settings.max_per_tenant.max(1));
     let ttl = Some(settings.max_age);
@@ -415,7 +430,7 @@ async fn write_batch(
     for (tenant, traces) in by_tenant {
         let m = traces.len() as i64;
         let last = store.incr_background(&seq_key(&tenant), m).await?;
-        for (i, (at_ms, t)) in traces.into_iter().enumerate() {
+        for (i, (at_ms, t, body)) in traces.into_iter().enumerate() {
             let seq = last - m + 1 + i as i64;
             let slot = seq.rem_euclid(ring);
             overwritten_sums.push((tenant.clone(), slot, sum_key(&tenant, slot)));
@@ -432,7 +447,7 @@ async fn write_batch(
             });
             puts.push(Write::Put {
                 key: slot_key(&tenant, slot),
-                value: json(&t),
+                value: body,
                 ttl,
             });
         }
