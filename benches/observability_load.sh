@@ -38,6 +38,12 @@ WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for f in "$WORK"/*/pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+  # Not children of this shell: wait for them by polling (they drain first).
+  for f in "$WORK"/*/pid; do
+    [ -f "$f" ] || continue
+    for _ in $(seq 50); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.1; done
+  done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
@@ -69,7 +75,9 @@ apis:
     mode: facade
 $extra
 YAML
-  SANDGATE_LOG=warn "$BIN" serve --config "$dir" >/dev/null 2>"$dir/err" & PIDS+=($!)
+  # This runs in a subshell (`< <(sandbox …)`), so the PID goes to a file
+  # that cleanup reads: PIDS+= here would not reach the script.
+  SANDGATE_LOG=warn "$BIN" serve --config "$dir" >/dev/null 2>"$dir/err" & echo $! > "$dir/pid"
   echo "$pub $adm"
 }
 wait_up() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "not up: $1" >&2; exit 1; }

@@ -30,9 +30,11 @@ use tokio::sync::{Notify, watch};
 use super::{Pending, Settings, Trace};
 use crate::store::{Store, StoreError, Write, keys};
 
-/// Most traces written in one batch (one store transaction or pipeline:
-/// larger batches spend less per trace on commits when traffic is heavy).
-const BATCH: usize = 256;
+/// Most traces written in one batch (one store transaction or pipeline).
+/// Larger batches spend less per trace on commits, but the writer renders
+/// a batch in one go; at 64 that is a short burst of CPU, followed by its
+/// pause, rather than a long one that delays the requests sharing the cores.
+const BATCH: usize = 64;
 
 /// The queue from the request path to the background writer. Cheap to
 /// clone; submitting never waits.
