@@ -366,10 +366,13 @@ pub struct Sample {
 
 /// Steady traffic from `tasks` concurrent senders, each sending one
 /// request every `every` (never two at once), round-robin over `urls`, with
-/// `key` as the bearer credential, until [`Load::stop`].
+/// `key` as the bearer credential, until [`Load::stop`]. The senders run on
+/// a thread and runtime of their own, so the gateway's background work on
+/// the test's runtime (trace writer, analytics, sweeps) never delays them:
+/// what is measured is the gateway, not the test's scheduling.
 pub struct Load {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
     /// When the load began.
     pub started: std::time::Instant,
 }
@@ -379,45 +382,32 @@ impl Load {
     pub fn start(urls: Vec<String>, key: &str, tasks: usize, every: std::time::Duration) -> Load {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let started = std::time::Instant::now();
-        let c = client();
-        let tasks = (0..tasks)
-            .map(|i| {
-                let (c, urls, key, stop) = (c.clone(), urls.clone(), key.to_owned(), stop.clone());
-                tokio::spawn(async move {
-                    let mut samples = Vec::new();
-                    let mut tick = tokio::time::interval(every);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    let mut n = i;
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        tick.tick().await;
-                        let url = &urls[n % urls.len()];
-                        n += 1;
-                        let sent = std::time::Instant::now();
-                        let resp = c.get(url).bearer_auth(&key).send().await;
-                        let took = sent.elapsed();
-                        let status = resp.as_ref().map_or(0, |r| r.status().as_u16());
-                        let code = match resp {
-                            Ok(r) if status != 200 => r
-                                .json::<serde_json::Value>()
-                                .await
-                                .ok()
-                                .and_then(|v| v["code"].as_str().map(str::to_owned)),
-                            _ => None,
-                        };
-                        samples.push(Sample {
-                            sent: sent - started,
-                            took,
-                            status,
-                            code,
-                        });
-                    }
-                    samples
-                })
+        let key = key.to_owned();
+        let flag = stop.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("load runtime");
+        let thread = std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let c = client();
+                let senders: Vec<_> = (0..tasks)
+                    .map(|i| {
+                        let (c, urls, key, stop) =
+                            (c.clone(), urls.clone(), key.clone(), flag.clone());
+                        tokio::spawn(send(c, urls, key, stop, i, every, started))
+                    })
+                    .collect();
+                let mut all = Vec::new();
+                for t in senders {
+                    all.extend(t.await.expect("load task"));
+                }
+                all
             })
-            .collect();
+        });
         Load {
             stop,
-            tasks,
+            thread,
             started,
         }
     }
@@ -425,13 +415,53 @@ impl Load {
     /// Stops the senders; returns every answer, in the order sent.
     pub async fn stop(self) -> Vec<Sample> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut all = Vec::new();
-        for t in self.tasks {
-            all.extend(t.await.expect("load task"));
-        }
+        let thread = self.thread;
+        let mut all = tokio::task::spawn_blocking(move || thread.join().expect("load thread"))
+            .await
+            .expect("join");
         all.sort_by_key(|s| s.sent);
         all
     }
+}
+
+/// One sender of [`Load`].
+async fn send(
+    c: reqwest::Client,
+    urls: Vec<String>,
+    key: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    first: usize,
+    every: std::time::Duration,
+    started: std::time::Instant,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = first;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tick.tick().await;
+        let url = &urls[n % urls.len()];
+        n += 1;
+        let sent = std::time::Instant::now();
+        let resp = c.get(url).bearer_auth(&key).send().await;
+        let took = sent.elapsed();
+        let status = resp.as_ref().map_or(0, |r| r.status().as_u16());
+        let code = match resp {
+            Ok(r) if status != 200 => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v["code"].as_str().map(str::to_owned)),
+            _ => None,
+        };
+        samples.push(Sample {
+            sent: sent - started,
+            took,
+            status,
+            code,
+        });
+    }
+    samples
 }
 
 /// The rate (per second) at which `samples` were admitted (200) after the
