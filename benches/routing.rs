@@ -436,25 +436,22 @@ fn redis_limit_benches(c: &mut Criterion, rate: sandgate::limits::rate::Rate) {
         }
         panic!("redis-server did not start on port {port}");
     });
-    let rules = [("plans.bench.rate", rate)];
     let quota = |period, i| Quota {
         requests: u64::MAX / 2,
         period,
         path: format!("plans.bench.quotas[{i}]"),
     };
-    let quotas = [quota(Period::Day, 0), quota(Period::Lifetime, 1)];
+    let spec = cluster::Spec {
+        tenant: "sbx_01bench".to_owned(),
+        rules: vec![("plans.bench.rate".to_owned(), rate)],
+        quotas: vec![quota(Period::Day, 0), quota(Period::Lifetime, 1)],
+    };
     let now = sandgate::tenants::now_secs();
     c.bench_function(
         "limit/redis decision (1 rate rule + 2 quotas, one script)",
         |b| {
             b.iter(|| {
-                let out = rt.block_on(cluster::decide(
-                    &store,
-                    black_box("sbx_01bench"),
-                    &rules,
-                    &quotas,
-                    now,
-                ));
+                let out = rt.block_on(cluster::decide(&store, black_box(&spec), now));
                 assert!(matches!(out, Ok(cluster::Outcome::Allowed(_))));
             })
         },

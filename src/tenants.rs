@@ -215,6 +215,8 @@ pub struct Registry {
     quotas: std::sync::Arc<crate::limits::quota::Counters>,
     /// Every tenant's requests in flight.
     in_flight: std::sync::Arc<crate::limits::concurrency::InFlight>,
+    /// Concurrent cluster limit decisions, coalesced into batches.
+    limit_batches: std::sync::Arc<crate::limits::cluster::Coalescer>,
     /// The queue of finished decision traces to the background writer.
     traces: crate::trace::Sink,
 }
@@ -229,6 +231,7 @@ impl Registry {
         Self {
             quotas: std::sync::Arc::new(crate::limits::quota::Counters::new(store.clone())),
             in_flight: std::sync::Arc::default(),
+            limit_batches: std::sync::Arc::default(),
             traces: crate::trace::Sink::new(),
             background: store.for_background().unwrap_or_else(|| store.clone()),
             store,
@@ -278,6 +281,11 @@ impl Registry {
     /// The tenants' requests in flight.
     pub fn in_flight(&self) -> &std::sync::Arc<crate::limits::concurrency::InFlight> {
         &self.in_flight
+    }
+
+    /// The coalescer of cluster limit decisions (with the Redis store).
+    pub fn limit_batches(&self) -> &std::sync::Arc<crate::limits::cluster::Coalescer> {
+        &self.limit_batches
     }
 
     /// The queue of finished decision traces (`crate::trace`).

@@ -6,80 +6,108 @@
 //! - Rates: GCRA over every rule that applies, on Redis's own clock
 //!   (`TIME`), never the replicas'; the first rule without room refuses.
 //! - Quotas: then every quota of the plan; the first one used up refuses.
-//! - Only when nothing refuses is the request counted: each rule's
-//!   theoretical arrival time moves on and each quota counter goes up.
-//!   A refused request is counted against nothing.
+//! - Only admitted requests are counted: each rule's theoretical arrival
+//!   time moves on and each quota counter goes up. A refused request is
+//!   counted against nothing.
+//!
+//! **Coalescing.** One script call may decide a *batch*: the requests of
+//! one tenant, against the same rules, that arrived on one worker while
+//! the previous call for them was in flight ([`Coalescer`]). The script
+//! admits the first `k` of the batch's `n` requests that fit, exactly as
+//! `n` calls one after another would, and says which rule or quota stopped
+//! the rest; each request gets its own standing back. A request on its own
+//! pays one round trip as before; under load a replica pays one per batch
+//! instead of one per request, and limits stay exact across replicas,
+//! because every decision is still made in Redis, atomically.
 //!
 //! A tenant's keys share its hash tag, so the scripts work on Redis Cluster.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use crate::store::{RedisStore, StoreError, redis_key};
 
 use super::quota::{Period, Quota, Usage};
 use super::rate::Rate;
 
-/// One decision, one read (`MGET`) and one write per key: KEYS are the
-/// rate rules' keys, then the quotas' keys;
-/// ARGV[1] is the number of rate rules, then (T, tau) in microseconds per
-/// rule, then (limit, ttl in ms, 0: none) per quota. Answers
-/// `{0, remaining, reset, ...}` (counted against everything),
-/// `{1, rule, wait}` (a rate refuses; nothing counted) or
-/// `{2, quota, used, remaining, reset, ...}` (a quota refuses; nothing
-/// counted; the rules' standing as it is).
+/// One decision for `n` requests, one read (`MGET`) and one write per key:
+/// KEYS are the rate rules' keys, then the quotas' keys; ARGV[1] is the
+/// number of rate rules, ARGV[2] the number of requests `n`, then (T, tau)
+/// in microseconds per rule, then (limit, ttl in ms, 0: none) per quota.
+///
+/// The first `k` requests that fit are admitted and counted; `k` is the
+/// smallest room of any rule or quota (rules first, most specific first,
+/// then quotas, on ties). Answers `{k, why, which, detail, standing...}`:
+/// `why` 0 when all `n` fit, 1 when rate rule `which` stopped the rest
+/// (`detail`: microseconds until one more fits), 2 when quota `which` did
+/// (`detail`: its count); then per rule, after the `k` admitted ones,
+/// (requests left, microseconds until whole).
 const DECIDE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local nr = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local stored = redis.call('MGET', unpack(KEYS))
+local k, why, which = n, 0, 0
 local tats = {}
 for i = 1, nr do
-  local T = tonumber(ARGV[2 * i])
-  local tau = tonumber(ARGV[2 * i + 1])
+  local T = tonumber(ARGV[1 + 2 * i])
+  local tau = tonumber(ARGV[2 + 2 * i])
   local tat = tonumber(stored[i] or '0')
   if tat < now then tat = now end
-  if now < tat - tau then
-    return {1, i, tat - tau - now}
-  end
-  tats[i] = tat + T
+  tats[i] = tat
+  local room = math.floor((now + tau - tat) / T) + 1
+  if room < 0 then room = 0 end
+  if room < k then k, why, which = room, 1, i end
 end
-local function standing(out, counted)
+local used = {}
+for q = 1, #KEYS - nr do
+  used[q] = tonumber(stored[nr + q] or '0')
+  local room = tonumber(ARGV[1 + 2 * nr + 2 * q]) - used[q]
+  if room < 0 then room = 0 end
+  if room < k then k, why, which = room, 2, q end
+end
+if k > 0 then
   for i = 1, nr do
-    local T = tonumber(ARGV[2 * i])
-    local tau = tonumber(ARGV[2 * i + 1])
-    local tat = tats[i]
-    if not counted then tat = tat - T end
-    local remaining = math.floor((now + tau - tat) / T) + 1
-    if remaining < 0 then remaining = 0 end
-    out[#out + 1] = remaining
-    out[#out + 1] = tat - now
+    local T = tonumber(ARGV[1 + 2 * i])
+    tats[i] = tats[i] + k * T
+    local ttl = math.ceil((tats[i] - now) / 1000) + 1000
+    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
   end
-  return out
-end
-for q = 1, #KEYS - nr do
-  local used = tonumber(stored[nr + q] or '0')
-  if used >= tonumber(ARGV[2 * nr + 2 * q]) then
-    return standing({2, q, used}, false)
+  for q = 1, #KEYS - nr do
+    local ttl = tonumber(ARGV[2 + 2 * nr + 2 * q])
+    if stored[nr + q] then
+      redis.call('INCRBY', KEYS[nr + q], k)
+    elseif ttl > 0 then
+      redis.call('SET', KEYS[nr + q], k, 'PX', ttl)
+    else
+      redis.call('SET', KEYS[nr + q], k)
+    end
+    used[q] = used[q] + k
   end
 end
+local detail = 0
+if why == 1 then
+  detail = tats[which] - tonumber(ARGV[2 + 2 * which]) - now
+elseif why == 2 then
+  detail = used[which]
+end
+local out = {k, why, which, detail}
 for i = 1, nr do
-  local ttl = math.ceil((tats[i] - now) / 1000) + 1000
-  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+  local T = tonumber(ARGV[1 + 2 * i])
+  local tau = tonumber(ARGV[2 + 2 * i])
+  local remaining = math.floor((now + tau - tats[i]) / T) + 1
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = remaining
+  out[#out + 1] = tats[i] - now
 end
-for q = 1, #KEYS - nr do
-  local ttl = tonumber(ARGV[2 * nr + 2 * q + 1])
-  if stored[nr + q] then
-    redis.call('INCR', KEYS[nr + q])
-  elseif ttl > 0 then
-    redis.call('SET', KEYS[nr + q], '1', 'PX', ttl)
-  else
-    redis.call('SET', KEYS[nr + q], '1')
-  end
-end
-return standing({0}, true)
+return out
 ";
 
-/// The outcome of a cluster limit decision.
+/// The outcome of a cluster limit decision for one request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Counted against every rule and quota: per rule (in the order
@@ -101,6 +129,84 @@ pub enum Outcome {
     },
 }
 
+/// What one request's limits are: its tenant, the rate rules that apply
+/// to it (config path and rate, most specific first) and its plan's quotas.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// The tenant's id.
+    pub tenant: String,
+    /// (rule path, rate) per rule that applies.
+    pub rules: Vec<(String, Rate)>,
+    /// The plan's quotas.
+    pub quotas: Vec<Quota>,
+}
+
+/// The answer of the script for a batch of `n` requests.
+#[derive(Debug)]
+struct Batch {
+    /// How many of the batch, from the first, were admitted.
+    admitted: usize,
+    /// Why the rest were not: 1 a rate rule, 2 a quota.
+    why: i64,
+    /// Which rule or quota (1-based).
+    which: usize,
+    /// Microseconds until one more fits (rate), or the quota's count.
+    detail: i64,
+    /// Per rule, after the admitted ones: (requests left, µs until whole).
+    standing: Vec<(i64, i64)>,
+}
+
+impl Batch {
+    /// The outcome of the `j`-th request (0-based) of the batch.
+    fn outcome(&self, j: usize, spec: &Spec, now: u64) -> Result<Outcome, StoreError> {
+        let standing = |later: usize| -> Vec<(u32, Duration)> {
+            // Request j of k admitted saw `later` more admissions after it.
+            self.standing
+                .iter()
+                .zip(&spec.rules)
+                .map(|(&(left, reset), (_, rate))| {
+                    let t = i64::try_from(rate.interval().as_micros()).unwrap_or(i64::MAX);
+                    let later = i64::try_from(later).unwrap_or(0);
+                    let left = left.saturating_add(later);
+                    let reset = reset.saturating_sub(later.saturating_mul(t));
+                    (
+                        u32::try_from(left.max(0)).unwrap_or(u32::MAX),
+                        Duration::from_micros(u64::try_from(reset.max(0)).unwrap_or(0)),
+                    )
+                })
+                .collect()
+        };
+        if j < self.admitted {
+            return Ok(Outcome::Allowed(standing(self.admitted - 1 - j)));
+        }
+        match self.why {
+            1 => Ok(Outcome::Limited {
+                index: self.which.saturating_sub(1),
+                retry_after: Duration::from_micros(u64::try_from(self.detail).unwrap_or(0)),
+            }),
+            2 => {
+                let q = spec
+                    .quotas
+                    .get(self.which.saturating_sub(1))
+                    .ok_or_else(|| StoreError::Corrupt("quota script index".into()))?;
+                let (_, end) = q.period.window(now);
+                Ok(Outcome::Exhausted {
+                    usage: Usage {
+                        quota: q.clone(),
+                        used: u64::try_from(self.detail).unwrap_or(0),
+                        resets_at: (q.period != Period::Lifetime).then_some(end),
+                    },
+                    rates: standing(0),
+                })
+            }
+            other => Err(StoreError::Corrupt(format!(
+                "limit script: {} of {j}+ admitted, reason {other}",
+                self.admitted
+            ))),
+        }
+    }
+}
+
 /// The Redis key of a tenant's rate rule.
 fn rate_key(tenant: &str, path: &str) -> String {
     redis_key(&crate::store::keys::tenant_key(
@@ -117,41 +223,29 @@ fn quota_key(tenant: &str, q: &Quota, start: u64) -> String {
     ))
 }
 
-/// (requests left, time until whole) pairs from the script's answer.
-fn standings(flat: &[i64]) -> Vec<(u32, Duration)> {
-    flat.chunks(2)
-        .map(|c| {
-            (
-                u32::try_from(c[0]).unwrap_or(0),
-                Duration::from_micros(u64::try_from(c.get(1).copied().unwrap_or(0)).unwrap_or(0)),
-            )
-        })
-        .collect()
-}
-
-/// Decides one request of `tenant` against its rate `rules` (rule path,
-/// rate) and `quotas`, in one script and one round trip: counted against
-/// all of them, or against none. Quota windows are UTC calendar periods at
-/// `now` (Unix seconds); rates run on Redis's clock.
-pub async fn decide(
+/// Decides `n` requests of `spec` in one script and one round trip: the
+/// first ones that fit are admitted and counted against every rule and
+/// quota, the rest against nothing. Quota windows are UTC calendar
+/// periods at `now` (Unix seconds); rates run on Redis's clock.
+async fn decide_batch(
     redis: &RedisStore,
-    tenant: &str,
-    rules: &[(&str, Rate)],
-    quotas: &[Quota],
+    spec: &Spec,
+    n: usize,
     now: u64,
-) -> Result<Outcome, StoreError> {
+) -> Result<Batch, StoreError> {
     static SCRIPT: std::sync::LazyLock<redis::Script> =
         std::sync::LazyLock::new(|| redis::Script::new(DECIDE));
     let mut inv = SCRIPT.prepare_invoke();
-    inv.arg(rules.len());
-    for (path, rate) in rules {
-        let t = rate.interval().as_micros() as u64;
-        inv.key(rate_key(tenant, path));
-        inv.arg(t).arg(t * u64::from(rate.burst.get() - 1));
+    inv.arg(spec.rules.len()).arg(n);
+    for (path, rate) in &spec.rules {
+        let t = u64::try_from(rate.interval().as_micros()).unwrap_or(u64::MAX);
+        inv.key(rate_key(&spec.tenant, path));
+        inv.arg(t)
+            .arg(t.saturating_mul(u64::from(rate.burst.get() - 1)));
     }
-    for q in quotas {
+    for q in &spec.quotas {
         let (start, end) = q.period.window(now);
-        inv.key(quota_key(tenant, q, start));
+        inv.key(quota_key(&spec.tenant, q, start));
         let ttl_ms = if q.period == Period::Lifetime {
             0
         } else {
@@ -167,6 +261,9 @@ pub async fn decide(
     static ERRORS: std::sync::LazyLock<metrics::Counter> = std::sync::LazyLock::new(
         || metrics::counter!("sandgate_store_errors_total", "store" => "redis", "op" => "limit_decision"),
     );
+    static BATCH: std::sync::LazyLock<metrics::Histogram> =
+        std::sync::LazyLock::new(|| metrics::histogram!("sandgate_limit_batch_size"));
+    BATCH.record(n as f64);
     let started = std::time::Instant::now();
     let out: Result<Vec<i64>, StoreError> = async {
         let mut conn = redis.connection().await?;
@@ -176,29 +273,144 @@ pub async fn decide(
     DURATION.record(started.elapsed().as_secs_f64());
     let out = out.inspect_err(|_| ERRORS.increment(1))?;
     match out.as_slice() {
-        [0, rest @ ..] => Ok(Outcome::Allowed(standings(rest))),
-        [1, index, wait] => Ok(Outcome::Limited {
-            index: usize::try_from(*index).unwrap_or(1).saturating_sub(1),
-            retry_after: Duration::from_micros(u64::try_from(*wait).unwrap_or(0)),
-        }),
-        [2, index, used, rest @ ..] => {
-            let q = usize::try_from(*index)
-                .ok()
-                .and_then(|i| quotas.get(i.saturating_sub(1)))
-                .ok_or_else(|| StoreError::Corrupt("quota script index".into()))?;
-            let (_, end) = q.period.window(now);
-            Ok(Outcome::Exhausted {
-                usage: Usage {
-                    quota: q.clone(),
-                    used: u64::try_from(*used).unwrap_or(0),
-                    resets_at: (q.period != Period::Lifetime).then_some(end),
-                },
-                rates: standings(rest),
+        [k, why, which, detail, rest @ ..]
+            if rest.len() == 2 * spec.rules.len() && (0..=n as i64).contains(k) =>
+        {
+            Ok(Batch {
+                admitted: usize::try_from(*k).unwrap_or(0),
+                why: *why,
+                which: usize::try_from(*which).unwrap_or(0),
+                detail: *detail,
+                standing: rest.chunks(2).map(|c| (c[0], c[1])).collect(),
             })
         }
         other => Err(StoreError::Corrupt(format!(
             "limit script answered {other:?}"
         ))),
+    }
+}
+
+/// Decides one request of `spec` on its own, in one script and one round
+/// trip: counted against all of its rules and quotas, or against none.
+pub async fn decide(redis: &RedisStore, spec: &Spec, now: u64) -> Result<Outcome, StoreError> {
+    decide_batch(redis, spec, 1, now)
+        .await?
+        .outcome(0, spec, now)
+}
+
+/// The most requests one script call decides.
+const MAX_BATCH: usize = 512;
+
+type Answer = oneshot::Sender<Result<Outcome, StoreError>>;
+
+/// The requests of one batch key waiting for their decision.
+struct Waiting {
+    spec: Arc<Spec>,
+    answers: Vec<Answer>,
+}
+
+/// Coalesces concurrent limit decisions on this replica: requests with
+/// the same batch key (one tenant, the same rules, the same worker) that
+/// arrive while a script call for that key is in flight wait for it to
+/// come back and are then decided together, in one call. The calls run
+/// on a task of their own, so a request that goes away (its client
+/// disconnected, or it gave up at `store.timeout`) never strands the
+/// others.
+#[derive(Default)]
+pub struct Coalescer {
+    waiting: Mutex<HashMap<String, Waiting>>,
+}
+
+impl std::fmt::Debug for Coalescer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescer").finish_non_exhaustive()
+    }
+}
+
+impl Coalescer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decides one request: `key` names its batch (tenant, plan and rules:
+    /// requests with equal keys must have equal specs), `spec` makes its
+    /// spec when it is the first of a batch. The answer comes within the
+    /// store's timeout, as `Unavailable` when Redis did not give it.
+    pub async fn decide(
+        self: &Arc<Self>,
+        redis: &RedisStore,
+        key: &str,
+        spec: impl FnOnce() -> Spec,
+    ) -> Result<Outcome, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let key = format!("{}\0{key}", crate::server::worker_slot());
+        let first = {
+            let mut waiting = self.lock();
+            match waiting.get_mut(&key) {
+                Some(w) => {
+                    w.answers.push(tx);
+                    false
+                }
+                None => {
+                    waiting.insert(
+                        key.clone(),
+                        Waiting {
+                            spec: Arc::new(spec()),
+                            answers: vec![tx],
+                        },
+                    );
+                    true
+                }
+            }
+        };
+        if first {
+            tokio::spawn(Arc::clone(self).drive(redis.clone(), key));
+        }
+        match tokio::time::timeout(redis.timeout(), rx).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(StoreError::Unavailable(
+                "the limit decision was dropped".into(),
+            )),
+            Err(_) => Err(StoreError::Unavailable(
+                "no limit decision within store.timeout".into(),
+            )),
+        }
+    }
+
+    /// Decides the batches of `key` one call at a time until nobody waits.
+    async fn drive(self: Arc<Self>, redis: RedisStore, key: String) {
+        loop {
+            let (spec, mut answers) = {
+                let mut waiting = self.lock();
+                let Some(w) = waiting.get_mut(&key) else {
+                    return;
+                };
+                // Requests that gave up are not decided (nor counted).
+                w.answers.retain(|a| !a.is_closed());
+                if w.answers.is_empty() {
+                    waiting.remove(&key);
+                    return;
+                }
+                let take = w.answers.len().min(MAX_BATCH);
+                (
+                    Arc::clone(&w.spec),
+                    w.answers.drain(..take).collect::<Vec<_>>(),
+                )
+            };
+            let now = crate::tenants::now_secs();
+            match decide_batch(&redis, &spec, answers.len(), now).await {
+                Ok(batch) => {
+                    for (j, a) in answers.drain(..).enumerate() {
+                        let _ = a.send(batch.outcome(j, &spec, now));
+                    }
+                }
+                Err(e) => {
+                    for a in answers {
+                        let _ = a.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -225,18 +437,31 @@ mod tests {
         }
     }
 
+    fn spec(tenant: &str, rules: &[(&str, Rate)], quotas: &[Quota]) -> Spec {
+        Spec {
+            tenant: tenant.to_owned(),
+            rules: rules.iter().map(|(p, r)| ((*p).to_owned(), *r)).collect(),
+            quotas: quotas.to_vec(),
+        }
+    }
+
+    async fn connect(redis: &TestRedis) -> RedisStore {
+        RedisStore::connect(&redis.url, Duration::from_secs(1))
+            .await
+            .expect("connect")
+    }
+
     #[tokio::test]
     async fn a_refused_request_is_counted_against_nothing() {
         let redis = TestRedis::start().await;
-        let store = RedisStore::connect(&redis.url, Duration::from_secs(1))
-            .await
-            .expect("connect");
+        let store = connect(&redis).await;
         let now = crate::tenants::now_secs();
         let rules = [("plans.t.rate", rate(3, 3))];
         let quotas = [quota(2, Period::Day), quota(100, Period::Lifetime)];
+        let both = spec("t1", &rules, &quotas);
         // Two fit the rate (3) and the day's quota (2).
         for left in [2, 1] {
-            match decide(&store, "t1", &rules, &quotas, now).await {
+            match decide(&store, &both, now).await {
                 Ok(Outcome::Allowed(each)) => assert_eq!(each[0].0, left),
                 other => panic!("{other:?}"),
             }
@@ -244,7 +469,7 @@ mod tests {
         // The third fits the rate but not the quota: refused, and neither
         // the rate nor the lifetime quota counts it.
         for _ in 0..2 {
-            match decide(&store, "t1", &rules, &quotas, now).await {
+            match decide(&store, &both, now).await {
                 Ok(Outcome::Exhausted { usage, rates }) => {
                     assert_eq!(usage.quota.period, Period::Day);
                     assert_eq!(usage.used, 2);
@@ -257,10 +482,10 @@ mod tests {
         // and the lifetime quota counted exactly the two admitted.
         let lifetime = [quota(3, Period::Lifetime)];
         assert!(matches!(
-            decide(&store, "t1", &rules, &lifetime, now).await,
+            decide(&store, &spec("t1", &rules, &lifetime), now).await,
             Ok(Outcome::Allowed(_))
         ));
-        match decide(&store, "t1", &rules, &[], now).await {
+        match decide(&store, &spec("t1", &rules, &[]), now).await {
             Ok(Outcome::Limited {
                 index: 0,
                 retry_after,
@@ -273,8 +498,107 @@ mod tests {
         // none of the four refused ones: used up exactly now.
         let fresh = [("plans.t.other", rate(10, 10))];
         assert!(matches!(
-            decide(&store, "t1", &fresh, &lifetime, now).await,
+            decide(&store, &spec("t1", &fresh, &lifetime), now).await,
             Ok(Outcome::Exhausted { .. })
         ));
+    }
+
+    /// A batch of n is decided as n requests one after another would be:
+    /// the first ones that fit are admitted, each with its own standing,
+    /// and the rest are refused by the rule or quota that ran out.
+    #[tokio::test]
+    async fn a_batch_is_decided_as_its_requests_one_by_one() {
+        let redis = TestRedis::start().await;
+        let store = connect(&redis).await;
+        let now = crate::tenants::now_secs();
+        // Burst 4 (the operation's), 10 (the plan's); 6 a day.
+        let rules = [("op", rate(4, 4)), ("plan", rate(10, 10))];
+        let quotas = [quota(6, Period::Day)];
+        let s = spec("t2", &rules, &quotas);
+        let batch = decide_batch(&store, &s, 7, now).await.expect("batch");
+        assert_eq!((batch.admitted, batch.why, batch.which), (4, 1, 1));
+        let outcomes: Vec<Outcome> = (0..7)
+            .map(|j| batch.outcome(j, &s, now).expect("outcome"))
+            .collect();
+        for (j, o) in outcomes.iter().enumerate().take(4) {
+            match o {
+                Outcome::Allowed(each) => {
+                    let left = u32::try_from(3 - j).expect("small");
+                    assert_eq!(each[0].0, left, "request {j}, the operation's rule");
+                    assert_eq!(each[1].0, left + 6, "request {j}, the plan's rule");
+                    // The burst is whole again one interval (15 s) per
+                    // request admitted so far.
+                    let whole = each[0].1.as_secs_f64();
+                    let expect = 15.0 * (j as f64 + 1.0);
+                    assert!((whole - expect).abs() < 1.0, "request {j}: {whole} s");
+                }
+                other => panic!("request {j}: {other:?}"),
+            }
+        }
+        for o in &outcomes[4..] {
+            match o {
+                Outcome::Limited { index, retry_after } => {
+                    assert_eq!(*index, 0);
+                    assert!(*retry_after > Duration::from_secs(13));
+                    assert!(*retry_after <= Duration::from_secs(15));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The quota counted the four admitted: two more fit, then it refuses.
+        let plan_only = spec("t2", &[("plan", rate(10, 10))], &quotas);
+        let batch = decide_batch(&store, &plan_only, 5, now)
+            .await
+            .expect("batch");
+        assert_eq!((batch.admitted, batch.why, batch.which), (2, 2, 1));
+        match batch.outcome(4, &plan_only, now).expect("outcome") {
+            Outcome::Exhausted { usage, rates } => {
+                assert_eq!(usage.used, 6);
+                assert_eq!(rates[0].0, 10 - 6, "the plan's rule counted six");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Many concurrent decisions through the coalescer: exactly the burst
+    /// is admitted, and they take fewer script calls than requests.
+    #[tokio::test]
+    async fn the_coalescer_is_exact_and_batches() {
+        let redis = TestRedis::start().await;
+        let store = connect(&redis).await;
+        let coalescer = Arc::new(Coalescer::default());
+        let rules = [("plans.t.rate", rate(50, 50))];
+        let quotas = [quota(1_000, Period::Lifetime)];
+        let s = spec("t3", &rules, &quotas);
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (c, store, s) = (Arc::clone(&coalescer), store.clone(), s.clone());
+                tokio::spawn(async move { c.decide(&store, "t3/rules", || s).await })
+            })
+            .collect();
+        let (mut allowed, mut limited) = (0, 0);
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(Outcome::Allowed(_)) => allowed += 1,
+                Ok(Outcome::Limited { index: 0, .. }) => limited += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((allowed, limited), (50, 150));
+        let mut conn = store.connection().await.expect("conn");
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .expect("info");
+        let calls: u64 = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .expect("evalsha stats");
+        assert!(calls < 200, "{calls} script calls for 200 requests");
+        // Nothing is left waiting.
+        assert!(coalescer.lock().is_empty());
     }
 }

@@ -123,13 +123,24 @@ async fn decide(
         if rules.is_empty() && plan.quotas.is_empty() {
             return Ok(());
         }
-        let specs: Vec<(&str, crate::limits::rate::Rate)> = rules
-            .iter()
-            .map(|r| (r.path.as_str(), r.limiter.rate))
-            .collect();
-        return match crate::limits::cluster::decide(redis, &tenant.id, &specs, &plan.quotas, now)
-            .await
-        {
+        // Requests of this tenant against these rules are decided in
+        // batches while a decision for them is in flight (the key names
+        // the rules: the most specific one's path implies the others).
+        let key = format!(
+            "{}\0{}\0{}",
+            tenant.id,
+            plan.name,
+            rules.first().map_or("", |r| r.path.as_str())
+        );
+        let spec = || crate::limits::cluster::Spec {
+            tenant: tenant.id.clone(),
+            rules: rules
+                .iter()
+                .map(|r| (r.path.clone(), r.limiter.rate))
+                .collect(),
+            quotas: plan.quotas.clone(),
+        };
+        return match registry.limit_batches().decide(redis, &key, spec).await {
             Ok(Outcome::Allowed(each)) => {
                 *standing_out = closest(rules.iter().copied().zip(each));
                 Ok(())

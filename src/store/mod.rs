@@ -23,7 +23,7 @@ pub use memory::MemoryStore;
 pub use redis::{RedisStore, redis_key};
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The backend could not be reached or failed.
     #[error("store unavailable: {0}")]
