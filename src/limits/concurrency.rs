@@ -6,10 +6,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Every tenant's requests in flight on this node.
+type Counts = HashMap<Arc<str>, u32, foldhash::fast::RandomState>;
+
+/// Every tenant's requests in flight on this node. A tenant's entry stays
+/// when its count drops to zero (the next request finds it without
+/// allocating); [`InFlight::prune`] drops the idle ones periodically.
 #[derive(Debug, Default)]
 pub struct InFlight {
-    counts: Mutex<HashMap<Arc<str>, u32>>,
+    counts: Mutex<Counts>,
 }
 
 /// A slot held by one request; given back on drop.
@@ -21,38 +25,47 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self.owner.lock();
-        if let Some(n) = counts.get_mut(&self.tenant) {
+        if let Some(n) = self.owner.lock().get_mut(&self.tenant) {
             *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.remove(&self.tenant);
-            }
         }
     }
 }
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A slot for `tenant` when it has fewer than `max` requests in flight.
-    pub fn acquire(self: &Arc<Self>, tenant: &Arc<str>, max: u32) -> Option<Slot> {
+    pub fn acquire(self: &Arc<Self>, tenant: &str, max: u32) -> Option<Slot> {
         let mut counts = self.lock();
-        let n = counts.entry(Arc::clone(tenant)).or_insert(0);
+        let key = match counts.get_key_value(tenant) {
+            Some((k, _)) => Arc::clone(k),
+            None => {
+                let k: Arc<str> = Arc::from(tenant);
+                counts.insert(Arc::clone(&k), 0);
+                k
+            }
+        };
+        let n = counts.get_mut(&key)?;
         if *n >= max {
             return None;
         }
         *n += 1;
         Some(Slot {
             owner: Arc::clone(self),
-            tenant: Arc::clone(tenant),
+            tenant: key,
         })
     }
 
     /// `tenant`'s requests in flight now.
     pub fn current(&self, tenant: &str) -> u32 {
         self.lock().get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Forgets the tenants with nothing in flight.
+    pub fn prune(&self) {
+        self.lock().retain(|_, n| *n > 0);
     }
 }
 
@@ -107,15 +120,21 @@ mod tests {
     #[test]
     fn slots_are_capped_per_tenant_and_given_back() {
         let f = Arc::new(InFlight::default());
-        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
-        let s1 = f.acquire(&a, 2).expect("first");
-        let s2 = f.acquire(&a, 2).expect("second");
-        assert!(f.acquire(&a, 2).is_none());
-        assert!(f.acquire(&b, 2).is_some(), "another tenant has its own");
+        let (a, b) = ("a", "b");
+        let s1 = f.acquire(a, 2).expect("first");
+        let s2 = f.acquire(a, 2).expect("second");
+        assert!(f.acquire(a, 2).is_none());
+        assert!(f.acquire(b, 2).is_some(), "another tenant has its own");
         drop(s1);
         assert_eq!(f.current("a"), 1);
-        let _s3 = f.acquire(&a, 2).expect("a slot came back");
+        let s3 = f.acquire(a, 2).expect("a slot came back");
         drop(s2);
         assert_eq!(f.current("a"), 1);
+        // Pruning forgets only the tenants with nothing in flight.
+        f.prune();
+        assert_eq!(f.lock().len(), 1, "b is idle, a is not");
+        drop(s3);
+        f.prune();
+        assert!(f.lock().is_empty());
     }
 }

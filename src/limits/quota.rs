@@ -148,7 +148,7 @@ struct Slot {
 /// it behind.
 pub struct Counters {
     store: SharedStore,
-    counts: Mutex<HashMap<String, Vec<Slot>>>,
+    counts: Mutex<Tenants>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -156,6 +156,9 @@ impl std::fmt::Debug for Counters {
         f.debug_struct("Counters").finish_non_exhaustive()
     }
 }
+
+/// Counters by tenant.
+type Tenants = HashMap<String, Vec<Slot>, foldhash::fast::RandomState>;
 
 /// The store key of `tenant`'s counter of `period` for the window starting at `start`.
 fn key(tenant: &str, period: Period, start: u64) -> String {
@@ -175,11 +178,11 @@ impl Counters {
     pub fn new(store: SharedStore) -> Counters {
         Counters {
             store,
-            counts: Mutex::new(HashMap::new()),
+            counts: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Slot>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tenants> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -242,19 +245,26 @@ impl Counters {
         quotas: &[Quota],
         now: u64,
     ) -> Result<Decision, StoreError> {
+        // Almost always the counters are in memory: one lock, no await.
+        if let Some(decided) = self.decide_loaded(tenant, quotas, now) {
+            return Ok(decided);
+        }
         self.load(tenant, quotas, now).await?;
+        self.decide_loaded(tenant, quotas, now)
+            .ok_or_else(|| StoreError::Corrupt(format!("quota counters of `{tenant}` vanished")))
+    }
+
+    /// [`Counters::decide`] when every counter it needs is in memory;
+    /// `None` (nothing counted) when one is not.
+    fn decide_loaded(&self, tenant: &str, quotas: &[Quota], now: u64) -> Option<Decision> {
         let mut counts = self.lock();
-        let Some(slots) = counts.get_mut(tenant) else {
-            return Err(StoreError::Corrupt(format!(
-                "quota counters of `{tenant}` vanished"
-            )));
-        };
+        let slots = counts.get_mut(tenant)?;
         // Every quota first (nothing counted unless all have room)...
         for q in quotas {
             let (start, end) = q.period.window(now);
-            let used = find(slots, q.period, start).map_or(0, |c| c.count);
+            let used = find(slots, q.period, start)?.count;
             if used >= q.requests {
-                return Ok(Decision::Exhausted(Usage {
+                return Some(Decision::Exhausted(Usage {
                     quota: q.clone(),
                     used,
                     resets_at: (q.period != Period::Lifetime).then_some(end),
@@ -264,29 +274,14 @@ impl Counters {
         // ...then each counted.
         let mut after = Vec::with_capacity(quotas.len());
         for q in quotas {
-            let (start, end) = q.period.window(now);
-            let i = match slots
-                .iter()
-                .position(|s| s.period == q.period && s.start == start)
-            {
-                Some(i) => i,
-                None => {
-                    slots.push(Slot {
-                        period: q.period,
-                        start,
-                        counter: Counter {
-                            count: 0,
-                            persisted: 0,
-                            ends: end,
-                        },
-                    });
-                    slots.len() - 1
-                }
-            };
-            slots[i].counter.count += 1;
-            after.push(slots[i].counter.count);
+            let (start, _) = q.period.window(now);
+            let slot = slots
+                .iter_mut()
+                .find(|s| s.period == q.period && s.start == start)?;
+            slot.counter.count += 1;
+            after.push(slot.counter.count);
         }
-        Ok(Decision::Allowed(after))
+        Some(Decision::Allowed(after))
     }
 
     /// `tenant`'s standing against `quotas` at `now`, counting nothing.

@@ -81,10 +81,9 @@ async fn decide(
         .as_ref()
         .zip(routed.operation)
         .map(|(c, i)| c.operations[i].id.as_str());
-    let key: Arc<str> = Arc::from(tenant.id.as_str());
     // Concurrency first: a request with no slot spends no allowance.
     if let Some(max) = plan.concurrency {
-        match registry.in_flight().acquire(&key, max) {
+        match registry.in_flight().acquire(&tenant.id, max) {
             Some(slot) => *slot_out = Some(slot),
             None => {
                 return Err(Refusal::TooManyInFlight {
@@ -95,7 +94,6 @@ async fn decide(
             }
         }
     }
-    let rules: Vec<&crate::limits::Rule> = plan.rules(&routed.api.name, operation).collect();
     let limited = |rule: &crate::limits::Rule, retry_after: Duration| {
         let rate = rule.limiter.rate;
         Refusal::RateLimited {
@@ -120,6 +118,7 @@ async fn decide(
     let now = crate::tenants::now_secs();
     // With the Redis store: rates and quotas in one script, one round trip.
     if let Some(redis) = registry.store().as_redis() {
+        let rules: Vec<&crate::limits::Rule> = plan.rules(&routed.api.name, operation).collect();
         if rules.is_empty() && plan.quotas.is_empty() {
             return Ok(());
         }
@@ -159,18 +158,23 @@ async fn decide(
             Err(e) => store_failed(sandbox, registry, &e),
         };
     }
-    // In process: rates, each rule's standing after this request, or the refusal.
-    let mut after: Vec<(&crate::limits::Rule, (u32, Duration))> = Vec::with_capacity(rules.len());
-    for rule in &rules {
-        match rule.limiter.check(&key) {
-            Decision::Allowed { remaining, reset } => after.push((rule, (remaining, reset))),
+    // In process: rates, the standing after this request of the rule
+    // closest to its limit, or the refusal.
+    let mut nearest: Option<(&crate::limits::Rule, (u32, Duration))> = None;
+    let mut key: Option<Arc<str>> = None;
+    for rule in plan.rules(&routed.api.name, operation) {
+        let key = key.get_or_insert_with(|| Arc::from(tenant.id.as_str()));
+        match rule.limiter.check(key) {
+            Decision::Allowed { remaining, reset } => {
+                nearest = closer(nearest, (rule, (remaining, reset)));
+            }
             Decision::Limited { retry_after } => {
                 *standing_out = Some(standing(rule, 0, retry_after));
                 return Err(limited(rule, retry_after));
             }
         }
     }
-    *standing_out = closest(after);
+    *standing_out = nearest.map(|(rule, (remaining, reset))| standing(rule, remaining, reset));
     // Quotas, after the rates: a request refused for its rate is not counted.
     if plan.quotas.is_empty() {
         return Ok(());
@@ -193,13 +197,23 @@ fn closest<'a>(
     each: impl IntoIterator<Item = (&'a crate::limits::Rule, (u32, Duration))>,
 ) -> Option<Standing> {
     each.into_iter()
-        .min_by(|(a, (a_left, _)), (b, (b_left, _))| {
-            let ratio = |r: &crate::limits::Rule, left: u32| {
-                f64::from(left) / f64::from(r.limiter.rate.burst.get())
-            };
-            ratio(a, *a_left).total_cmp(&ratio(b, *b_left))
-        })
+        .fold(None, closer)
         .map(|(rule, (remaining, reset))| standing(rule, remaining, reset))
+}
+
+/// Of the rule standing `best` so far and `next`, the one closer to its
+/// limit (the first on a tie).
+fn closer<'a>(
+    best: Option<(&'a crate::limits::Rule, (u32, Duration))>,
+    next: (&'a crate::limits::Rule, (u32, Duration)),
+) -> Option<(&'a crate::limits::Rule, (u32, Duration))> {
+    let ratio = |(r, (left, _)): &(&crate::limits::Rule, (u32, Duration))| {
+        f64::from(*left) / f64::from(r.limiter.rate.burst.get())
+    };
+    match best {
+        Some(b) if ratio(&b) <= ratio(&next) => Some(b),
+        _ => Some(next),
+    }
 }
 
 /// A limit decision the store could not make: allowed or refused as
@@ -227,10 +241,24 @@ fn store_failed(
 }
 
 fn standing(rule: &crate::limits::Rule, remaining: u32, reset: Duration) -> Standing {
-    let name = rule.scope.as_str();
+    // `"<scope>";r=<remaining>;t=<seconds>`, without `format!`: this is on
+    // every tenant answer.
+    let mut out = [0u8; 64];
+    let mut len = 0;
+    let mut put = |part: &[u8]| {
+        out[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    };
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    put(b"\"");
+    put(rule.scope.as_str().as_bytes());
+    put(b"\";r=");
+    put(r.format(remaining).as_bytes());
+    put(b";t=");
+    put(t.format(seconds_up(reset)).as_bytes());
     Standing {
         policy: rule.policy.clone(),
-        limit: HeaderValue::from_str(&format!("\"{name}\";r={remaining};t={}", seconds_up(reset)))
+        limit: HeaderValue::from_bytes(&out[..len])
             .unwrap_or_else(|_| HeaderValue::from_static("\"plan\"")),
     }
 }
