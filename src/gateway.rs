@@ -180,7 +180,7 @@ impl Handler for Gateway {
                 .zip(facts.operation)
                 .and_then(|(a, op)| a.contract.as_ref().map(|c| c.operations[op].id.as_str())),
             mode: api.map(|a| a.mode.as_str()),
-            tenant: facts.tenant.as_deref(),
+            tenant: facts.tenant.as_ref().map(|t| t.id.as_str()),
             method: &method,
             status: resp.status().as_u16(),
             code,

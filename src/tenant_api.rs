@@ -134,7 +134,7 @@ pub async fn serve(
         registry,
     )
     .await?;
-    facts.trace.identified(&principal, &req);
+    facts.trace.identified(&principal, &req, registry.traces());
     facts.trace.enter("sandbox");
     match endpoint {
         Endpoint::Requests => {

@@ -58,8 +58,8 @@ pub struct Observation {
     /// [`Sandbox::id`] of the configuration that served it (operation
     /// indices refer to it).
     pub sandbox: u64,
-    /// The identified tenant.
-    pub tenant: String,
+    /// The identified tenant (its record as the request saw it).
+    pub tenant: Arc<Tenant>,
     /// How the caller proved who it is.
     pub via: Option<Via>,
     /// API index, once routed.
@@ -200,7 +200,7 @@ pub fn observe(sandbox: &Sandbox, facts: &RequestFacts, status: u16, code: Optio
     }
     hub.send(Msg::Request(Observation {
         sandbox: sandbox.id,
-        tenant: tenant.clone(),
+        tenant: std::sync::Arc::clone(tenant),
         via: facts.login_method,
         api: facts.api,
         op: facts.operation,

@@ -79,7 +79,7 @@ struct Tracker {
     registry: Registry,
     sinks: Dispatcher,
     alerter: Alerter,
-    tenants: std::collections::HashMap<String, TenantState>,
+    tenants: std::collections::HashMap<String, TenantState, foldhash::fast::RandomState>,
 }
 
 /// Runs the worker until its queue closes (or the caller drops it at
@@ -96,7 +96,7 @@ pub(super) async fn run(
         registry,
         sinks,
         alerter,
-        tenants: std::collections::HashMap::new(),
+        tenants: std::collections::HashMap::default(),
     };
     let mut tick = tokio::time::interval(settings.load().alerts.check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -214,40 +214,45 @@ impl Tracker {
         Ok(())
     }
 
-    /// The tenant's state: cached, or read from the store.
-    async fn state(&mut self, tenant: &str) -> Result<TenantState, StoreError> {
-        if let Some(s) = self.tenants.remove(tenant) {
-            return Ok(s);
+    /// The tenant's state (and its key in the cache, to put it back
+    /// without allocating): cached, or read from the store.
+    async fn state(&mut self, tenant: &str) -> Result<(String, TenantState), StoreError> {
+        if let Some(kept) = self.tenants.remove_entry(tenant) {
+            return Ok(kept);
         }
         let rec = match self.store().get(&akey(tenant, "session")).await? {
             Some(v) => serde_json::from_slice(&v)
                 .map_err(|e| StoreError::Corrupt(format!("analytics session of {tenant}: {e}")))?,
             None => SessionRecord::default(),
         };
-        Ok(TenantState {
-            written: rec.last,
-            rec,
-            ..Default::default()
-        })
+        Ok((
+            tenant.to_owned(),
+            TenantState {
+                written: rec.last,
+                rec,
+                ..Default::default()
+            },
+        ))
     }
 
-    fn keep(&mut self, tenant: &str, state: TenantState) {
+    fn keep(&mut self, (tenant, state): (String, TenantState)) {
         if self.tenants.len() >= CACHE_MAX {
             self.tenants.clear();
         }
-        self.tenants.insert(tenant.to_owned(), state);
+        self.tenants.insert(tenant, state);
     }
 
     async fn handle(&mut self, s: &Settings, msg: Msg) -> Result<(), StoreError> {
         match msg {
             Msg::Request(obs) => {
-                let Some(t) = self.registry.by_id(&obs.tenant).await? else {
+                // Still there (a deleted sandbox's late requests write nothing).
+                let Some(t) = self.registry.by_id(&obs.tenant.id).await? else {
                     return Ok(());
                 };
                 let mut st = self.state(&t.id).await?;
-                let r = self.request(s, &t, &mut st, &obs).await;
+                let r = self.request(s, &t, &mut st.1, &obs).await;
                 // Kept even after a store error: what was claimed stays claimed.
-                self.keep(&t.id, st);
+                self.keep(st);
                 r
             }
             Msg::Help {
@@ -269,8 +274,8 @@ impl Tracker {
                     ]),
                 );
                 let mut st = self.state(&t.id).await?;
-                let r = self.finish(s, &t, &mut st, vec![e], None, &[], now).await;
-                self.keep(&t.id, st);
+                let r = self.finish(s, &t, &mut st.1, vec![e], None, &[], now).await;
+                self.keep(st);
                 r
             }
             Msg::Provisioned {

@@ -53,8 +53,8 @@ pub struct RequestFacts {
     pub operation: Option<usize>,
     /// Where the answer came from.
     pub source: Option<dispatch::AnswerSource>,
-    /// The identified tenant's id.
-    pub tenant: Option<String>,
+    /// The identified tenant.
+    pub tenant: Option<std::sync::Arc<crate::tenants::Tenant>>,
     /// Where the tenant stands against its plan's rates (response headers).
     pub standing: Option<limit::Standing>,
     /// The tenant's in-flight slot, held until the response body ends.
@@ -144,14 +144,14 @@ pub async fn run(
     )
     .await?;
     match &principal {
-        Some(p) => facts.trace.identified(p, &req),
+        Some(p) => facts.trace.identified(p, &req, registry.traces()),
         None => facts.trace.anonymous(),
     }
     // admit: the tenant's sandbox is active and includes this API.
     facts.trace.enter("admit");
     if let Some(p) = &principal {
         admit::admit(routed.api, p, crate::tenants::now_secs())?;
-        facts.tenant = Some(p.tenant.id.clone());
+        facts.tenant = Some(p.tenant.clone());
         facts.login_method = Some(p.via);
         facts.trace.note_admitted();
     } else {
@@ -215,7 +215,7 @@ pub async fn run(
         &routed,
         &parts,
         body,
-        facts.tenant.as_deref(),
+        facts.tenant.as_ref().map(|t| t.id.as_str()),
         facts.dry_run,
     )
     .await?

@@ -144,7 +144,13 @@ impl Default for Settings {
 struct Head {
     method: Method,
     uri: Uri,
+    /// Empty when not captured (see `headers_captured`).
     headers: HeaderMap,
+    /// The trace writer had room when the caller was identified, so the
+    /// headers were copied. Under a flood that fills the writer's queue
+    /// they are not (most such traces are never written): an error's trace
+    /// is still written, and says its headers were not captured.
+    headers_captured: bool,
 }
 
 /// Who the identified caller is, as the trace tells it.
@@ -374,6 +380,7 @@ impl Recorder {
         &mut self,
         principal: &crate::pipeline::identify::Principal,
         req: &http::Request<B>,
+        sink: &Sink,
     ) {
         if !self.enabled {
             return;
@@ -397,10 +404,16 @@ impl Recorder {
             client: principal.client.clone(),
             key_tail,
         });
+        let headers_captured = sink.likely_room();
         self.head = Some(Head {
             method: req.method().clone(),
             uri: req.uri().clone(),
-            headers: req.headers().clone(),
+            headers: if headers_captured {
+                req.headers().clone()
+            } else {
+                HeaderMap::new()
+            },
+            headers_captured,
         });
         if let Some(e) = self.entries.last_mut() {
             e.reason = Reason::Identified;
@@ -657,6 +670,9 @@ pub struct BodyView {
 pub struct MessageView {
     /// Headers, secret ones scrubbed.
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Set when the headers were not captured, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_omitted: Option<String>,
     /// The body, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<BodyView>,
@@ -771,6 +787,7 @@ impl Pending {
                 method: Method::GET,
                 uri: Uri::from_static("/x"),
                 headers: HeaderMap::new(),
+                headers_captured: true,
             },
             api: None,
             prefix: None,
@@ -919,10 +936,16 @@ impl Pending {
             stages,
             request: MessageView {
                 headers: headers_view(s, &self.head.headers),
+                headers_omitted: (!self.head.headers_captured).then(|| {
+                    "not captured: the trace writer was behind when this request arrived \
+                     (a flood of requests); its stages and bodies are complete"
+                        .to_owned()
+                }),
                 body: request_body,
             },
             response: MessageView {
                 headers: headers_view(s, &self.response_headers),
+                headers_omitted: None,
                 body: response_body,
             },
         }

@@ -114,6 +114,15 @@ impl Sink {
         ))
     }
 
+    /// Whether a success that ended now would find room in this thread's
+    /// queue (counts nothing). While it would not, a request's headers are
+    /// not copied for its trace: only an error's trace would be written,
+    /// and it goes without them.
+    pub(super) fn likely_room(&self) -> bool {
+        self.shard()
+            .is_some_and(|(shard, capacity)| shard.len.load(Ordering::Relaxed) < capacity)
+    }
+
     /// Whether the trace of a request that ended with an error (`error`)
     /// or a success should be built and queued now. Counts what it turns
     /// away.

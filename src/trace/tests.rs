@@ -201,3 +201,38 @@ fn traces_config_defaults_and_errors_with_lines() {
         assert!(e.starts_with(line) && e.contains(says), "{traces:?}: {e}");
     }
 }
+
+/// A request identified while the writer's queue is full (here: the writer
+/// has not started, so there is no room at all) keeps its method and path
+/// but not a copy of its headers, and its trace says so; with room, the
+/// headers are there and nothing is said.
+#[test]
+fn headers_are_not_copied_while_the_writer_is_behind() {
+    let mut rec = super::Recorder::new(&super::Settings::default());
+    let p = super::Pending::bare("sbx_01", "req_0", 0);
+    let principal = crate::pipeline::identify::Principal {
+        tenant: std::sync::Arc::clone(&p.who.tenant),
+        client: "c".into(),
+        scopes: std::sync::Arc::from(Vec::new()),
+        via: crate::pipeline::identify::Via::ApiKey,
+    };
+    let req = http::Request::builder()
+        .uri("/payments/v1/customers")
+        .header("x-partner", "acme")
+        .body(())
+        .expect("request");
+    rec.identified(&principal, &req, &super::Sink::new());
+    let head = rec.head.as_ref().expect("a head");
+    assert!(!head.headers_captured);
+    assert!(head.headers.is_empty());
+    assert_eq!(head.uri.path(), "/payments/v1/customers");
+
+    let mut p = super::Pending::bare("sbx_01", "req_1", 0);
+    p.head.headers_captured = false;
+    let omitted = p.render().request.headers_omitted;
+    assert!(omitted.is_some_and(|why| why.contains("trace writer was behind")));
+    let p = super::Pending::bare("sbx_01", "req_2", 0);
+    let view = p.render();
+    assert!(view.request.headers_omitted.is_none());
+    assert!(view.response.headers_omitted.is_none());
+}
