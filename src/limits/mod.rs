@@ -538,3 +538,40 @@ fn compile(
         Err(errors)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `examples/policies/plans.yaml`, the sample README and docs point
+    /// to, loads against the demo's API and operation names.
+    #[test]
+    fn the_sample_plans_load_against_the_demo() {
+        static FILES: &[(&str, &str)] = &[(
+            "policies/plans.yaml",
+            include_str!("../../examples/policies/plans.yaml"),
+        )];
+        let apis = [(
+            "payments".to_owned(),
+            vec!["createPaymentIntent".to_owned()],
+        )];
+        let plans = Plans::load(&Source::Embedded(FILES), &apis).expect("the sample loads");
+        assert_eq!(plans.default_plan, "trial");
+        let trial = plans.get("trial").expect("trial");
+        assert_eq!(trial.quotas.len(), 2);
+        assert_eq!(trial.concurrency, Some(16));
+        let rules: Vec<&str> = trial
+            .rules("payments", Some("createPaymentIntent"))
+            .map(|r| r.path.as_str())
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "plans.trial.apis.payments.operations.createPaymentIntent.rate",
+                "plans.trial.apis.payments.rate",
+                "plans.trial.rate"
+            ]
+        );
+        assert!(plans.get("growth").is_some());
+    }
+}
