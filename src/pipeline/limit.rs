@@ -123,12 +123,15 @@ async fn decide(
             return Ok(());
         }
         // Requests of this tenant against these rules are decided in
-        // batches while a decision for them is in flight (the key names
-        // the rules: the most specific one's path implies the others).
+        // batches while a decision for them is in flight. The key names
+        // the rules (the most specific one's path implies the others) of
+        // this very plan: a reload makes new plans, so a batch never mixes
+        // a rule's old rate with its new one.
         let key = format!(
-            "{}\0{}\0{}",
+            "{}\0{}@{:p}\0{}",
             tenant.id,
             plan.name,
+            Arc::as_ptr(plan),
             rules.first().map_or("", |r| r.path.as_str())
         );
         let spec = || crate::limits::cluster::Spec {
