@@ -36,7 +36,7 @@ pub struct TracesConfig {
     /// The most CPU the background writer may use, in percent of one core:
     /// after each batch it pauses in proportion to the time the batch took.
     /// Under a flood, fewer (the newest) traces are written instead of
-    /// slowing the requests. 1 to 100. Default: 10.
+    /// slowing the requests. 1 to 100. Default: 5.
     pub writer_cpu_percent: Spanned<u8>,
 }
 
@@ -53,7 +53,7 @@ impl Default for TracesConfig {
             max_body: spanned(ByteSize::kib(16)),
             scrub_fields: Vec::new(),
             queue: spanned(10_000),
-            writer_cpu_percent: spanned(10),
+            writer_cpu_percent: spanned(5),
         }
     }
 }
