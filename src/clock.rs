@@ -76,8 +76,9 @@ thread_local! {
     /// Each thread's own cache of stored clocks, by tenant: the lookup on
     /// every identified request touches no shared cache line and builds no
     /// key (like the identify stage's per-worker credential cache).
-    static CACHE: std::cell::RefCell<std::collections::HashMap<String, Cached>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
+    static CACHE: std::cell::RefCell<
+        std::collections::HashMap<String, Cached, foldhash::fast::RandomState>,
+    > = std::cell::RefCell::new(std::collections::HashMap::default());
 }
 
 /// Most tenants a thread's cache holds; past it, the cache starts over.

@@ -28,7 +28,13 @@ pub fn request_id(headers: &HeaderMap) -> String {
     {
         return v.to_owned();
     }
-    format!("req_{}", ulid::Ulid::new())
+    // Encoded into a stack buffer: no formatting machinery per request.
+    let mut buf = [0u8; ulid::ULID_LEN];
+    let ulid = ulid::Ulid::new();
+    let mut id = String::with_capacity(4 + ulid::ULID_LEN);
+    id.push_str("req_");
+    id.push_str(ulid.array_to_str(&mut buf));
+    id
 }
 
 /// Checks the request head against the configured limits.

@@ -168,6 +168,9 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
     let gateway = Arc::new(Gateway::new(sandbox, source, overrides, registry));
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, workers_done) = mpsc::unbounded_channel();
+    // The decision trace's stage clock calibrates itself against the
+    // system clock on first use (up to a few ms): now, not on a request.
+    let _ = quanta::Instant::now();
 
     for worker in 0..workers {
         let mine: Vec<_> = bound

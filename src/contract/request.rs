@@ -6,6 +6,7 @@
 //! `/path/customer`, `/query/limit`, `/query/metadata/order_id`,
 //! `/header/idempotency-key`, `/body/amount`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -674,30 +675,50 @@ fn media_matches(range: &str, media: &str) -> bool {
 }
 
 /// Values of a path's parameters, by matching it against its template.
-fn path_params<'t>(template: &'t str, path: &str) -> Vec<(&'t str, String)> {
+fn path_params<'t, 'p>(template: &'t str, path: &'p str) -> Vec<(&'t str, Cow<'p, str>)> {
     let mut out = Vec::new();
-    for (t, p) in template
-        .trim_start_matches('/')
-        .split('/')
-        .zip(path.trim_start_matches('/').split('/'))
-    {
-        let (Some(open), Some(close)) = (t.find('{'), t.rfind('}')) else {
-            continue;
-        };
-        let (before, after) = (&t[..open], &t[close + 1..]);
-        if let Some(v) = p
-            .strip_prefix(before)
-            .and_then(|rest| rest.strip_suffix(after))
+    // Byte scans: every delimiter is ASCII, so each slice below starts and
+    // ends on a character boundary (and this runs on every request).
+    let (template, path) = (
+        template.trim_start_matches('/'),
+        path.trim_start_matches('/'),
+    );
+    let (tb, pb) = (template.as_bytes(), path.as_bytes());
+    if !tb.contains(&b'{') {
+        return out;
+    }
+    let next_slash = |b: &[u8], from: usize| {
+        b[from..]
+            .iter()
+            .position(|&c| c == b'/')
+            .map_or(b.len(), |n| from + n)
+    };
+    let (mut ti, mut pi) = (0, 0);
+    loop {
+        let (te, pe) = (next_slash(tb, ti), next_slash(pb, pi));
+        let (t, p) = (&template[ti..te], &path[pi..pe]);
+        let seg = t.as_bytes();
+        if let (Some(open), Some(close)) = (
+            seg.iter().position(|&c| c == b'{'),
+            seg.iter().rposition(|&c| c == b'}'),
+        ) && open < close
+            && let Some(v) = p
+                .strip_prefix(&t[..open])
+                .and_then(|rest| rest.strip_suffix(&t[close + 1..]))
         {
             out.push((&t[open + 1..close], percent_decode(v)));
         }
+        if te == tb.len() || pe == pb.len() {
+            break;
+        }
+        (ti, pi) = (te + 1, pe + 1);
     }
     out
 }
 
-fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
-        return s.to_owned();
+        return Cow::Borrowed(s);
     }
     let mut out = Vec::with_capacity(s.len());
     let b = s.as_bytes();
@@ -714,7 +735,7 @@ fn percent_decode(s: &str) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Form pairs with bracket keys (`metadata[order_id]=6735`,
@@ -937,14 +958,48 @@ mod tests {
 
     #[test]
     fn path_values() {
-        assert_eq!(
-            path_params("/v1/customers/{customer}", "/v1/customers/cus%201"),
-            vec![("customer", "cus 1".to_owned())]
-        );
-        assert_eq!(
-            path_params("/v1/files/{id}.json", "/v1/files/f_1.json"),
-            vec![("id", "f_1".to_owned())]
-        );
+        let owned = |v: Vec<(&str, Cow<'_, str>)>| -> Vec<(String, String)> {
+            v.into_iter()
+                .map(|(n, v)| (n.to_owned(), v.into_owned()))
+                .collect()
+        };
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        // (template, path, the parameters found)
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let table: &[Case<'_>] = &[
+            (
+                "/v1/customers/{customer}",
+                "/v1/customers/cus%201",
+                &[("customer", "cus 1")],
+            ),
+            (
+                "/v1/files/{id}.json",
+                "/v1/files/f_1.json",
+                &[("id", "f_1")],
+            ),
+            ("/v1/a/{x}/b/{y}", "/v1/a/1/b/2", &[("x", "1"), ("y", "2")]),
+            ("v1/a/{x}", "/v1/a/é", &[("x", "é")]),
+            ("/v1/customers", "/v1/customers", &[]),
+            // The path ends early: the missing parameter is absent.
+            ("/v1/a/{x}/b/{y}", "/v1/a/1", &[("x", "1")]),
+            // A suffix that does not match, and braces the wrong way round.
+            ("/v1/files/{id}.json", "/v1/files/f_1.yaml", &[]),
+            ("/v1/}x{", "/v1/abc", &[]),
+        ];
+        for (template, path, want) in table {
+            assert_eq!(
+                owned(path_params(template, path)),
+                pairs(want),
+                "{template} {path}"
+            );
+        }
+        // Nothing decoded, nothing copied.
+        let got = path_params("/v1/customers/{customer}", "/v1/customers/cus_1");
+        assert!(matches!(got[0].1, Cow::Borrowed("cus_1")));
     }
 
     #[test]

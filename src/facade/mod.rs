@@ -74,7 +74,7 @@ pub fn preferred(
     contract: &crate::contract::Contract,
     op: &Operation,
     headers: &http::HeaderMap,
-    seed: u64,
+    seed: impl FnOnce() -> u64,
 ) -> Option<Result<Response<Body>, Refusal>> {
     let mut code: Option<&str> = None;
     let mut example: Option<&str> = None;
@@ -114,7 +114,7 @@ pub fn preferred(
     };
     if dynamic {
         let code = code.and_then(|c| c.parse::<u16>().ok());
-        return Some(generated(contract, op, seed, code).ok_or_else(unsatisfiable));
+        return Some(generated(contract, op, seed(), code).ok_or_else(unsatisfiable));
     }
     let candidates: Vec<&crate::contract::Documented> = match code {
         Some(c) => op

@@ -246,13 +246,16 @@ async fn facade(
     let (Some(contract), Some(op)) = (api.contract.as_ref(), operation(routed)) else {
         return Err(Refusal::Internal);
     };
-    // Generated answers are the same for the same request.
-    let seed = crate::facade::generate::seed_of(&[
-        parts.method.as_str().as_bytes(),
-        parts.uri.path().as_bytes(),
-        parts.uri.query().unwrap_or("").as_bytes(),
-        bytes,
-    ]);
+    // Generated answers are the same for the same request. The seed is a
+    // digest of the whole request, computed only for an answer that needs it.
+    let seed = || {
+        crate::facade::generate::seed_of(&[
+            parts.method.as_str().as_bytes(),
+            parts.uri.path().as_bytes(),
+            parts.uri.query().unwrap_or("").as_bytes(),
+            bytes,
+        ])
+    };
     // 0. An explicit `Prefer` picks a documented response.
     if let Some(answer) = crate::facade::preferred(&api.name, contract, op, &parts.headers, seed) {
         facts.source = Some(AnswerSource::Example);
@@ -295,7 +298,7 @@ async fn facade(
     // 3. The contract's documented example, else 4. a response generated
     // from its schema.
     if op.example.is_none()
-        && let Some(resp) = crate::facade::generated(contract, op, seed, None)
+        && let Some(resp) = crate::facade::generated(contract, op, seed(), None)
     {
         facts.source = Some(AnswerSource::Generated);
         return Ok(resp);

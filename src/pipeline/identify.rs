@@ -297,7 +297,9 @@ mod local {
     type Key = (u64, u64, [u8; 32]);
 
     thread_local! {
-        static ENTRIES: RefCell<HashMap<Key, Entry>> = RefCell::new(HashMap::new());
+        // foldhash: the keys are SHA-256 digests, bounded in number.
+        static ENTRIES: RefCell<HashMap<Key, Entry, foldhash::fast::RandomState>> =
+            RefCell::new(HashMap::default());
     }
 
     /// SHA-256 of a credential.
@@ -328,10 +330,13 @@ mod local {
         exp: Option<u64>,
     ) {
         let entry = Entry {
-            // This thread's own copy of the record.
+            // This thread's own copy of the record: a hit clones these
+            // `Arc`s, and their counts then stay in this worker's cache.
             principal: Principal {
                 tenant: Arc::new((*principal.tenant).clone()),
-                ..principal.clone()
+                client: Arc::from(&*principal.client),
+                scopes: Arc::from(&*principal.scopes),
+                via: principal.via,
             },
             generation: registry.generation(),
             until: Instant::now() + TTL,

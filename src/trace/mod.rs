@@ -29,7 +29,11 @@ mod tee;
 mod tests;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// A stage's timing reads the TSC (quanta), not the system clock: about a
+// dozen reads per request, where `clock_gettime` cost ~3 % of a worker.
+use quanta::Instant;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, Uri};
