@@ -326,7 +326,7 @@ async fn proxy(
     };
     facts.source = Some(AnswerSource::Upstream);
     let fwd = Forwarded {
-        client_ip: conn.remote.ip(),
+        client_ip: conn.forwarded_for().clone(),
         proto: if conn.tls { "https" } else { "http" },
         host: parts.headers.get(http::header::HOST).cloned().or_else(|| {
             parts

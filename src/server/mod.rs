@@ -58,6 +58,35 @@ pub struct ConnInfo {
     /// Resets the connection (TCP RST) instead of writing anything more:
     /// the fixture fault `reset`.
     pub reset: ResetSwitch,
+    /// The client's IP address as `X-Forwarded-For` text, made on the
+    /// connection's first forwarded request and reused by the rest.
+    pub forwarded_for: std::sync::OnceLock<http::HeaderValue>,
+}
+
+impl ConnInfo {
+    /// A connection from `remote`.
+    pub fn new(
+        remote: SocketAddr,
+        tls: bool,
+        peer_certificates: Option<Vec<CertificateDer<'static>>>,
+        reset: ResetSwitch,
+    ) -> Self {
+        Self {
+            remote,
+            tls,
+            peer_certificates,
+            reset,
+            forwarded_for: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The client's IP address as `X-Forwarded-For` carries it.
+    pub fn forwarded_for(&self) -> &http::HeaderValue {
+        self.forwarded_for.get_or_init(|| {
+            http::HeaderValue::from_str(&self.remote.ip().to_string())
+                .expect("an IP address is a valid header value")
+        })
+    }
 }
 
 /// Something that answers requests: the public gateway or the admin API.
@@ -180,12 +209,7 @@ pub async fn serve<H: Handler>(
             match tls {
                 None => {
                     let reset = ResetSwitch::default();
-                    let info = Arc::new(ConnInfo {
-                        remote,
-                        tls: false,
-                        peer_certificates: None,
-                        reset: reset.clone(),
-                    });
+                    let info = Arc::new(ConnInfo::new(remote, false, None, reset.clone()));
                     let io = TokioIo::new(Resettable::new(stream, reset));
                     serve_conn(io, info, handler, &settings, conn_stop).await;
                 }
@@ -214,12 +238,7 @@ pub async fn serve<H: Handler>(
                         .peer_certificates()
                         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
                     let reset = ResetSwitch::default();
-                    let info = Arc::new(ConnInfo {
-                        remote,
-                        tls: true,
-                        peer_certificates: peer,
-                        reset: reset.clone(),
-                    });
+                    let info = Arc::new(ConnInfo::new(remote, true, peer, reset.clone()));
                     let io = TokioIo::new(Resettable::new(tls_stream, reset));
                     serve_conn(io, info, handler, &settings, conn_stop).await;
                 }

@@ -117,9 +117,7 @@ pub(super) fn prepare_request(headers: &mut HeaderMap, fwd: Forwarded<'_>, dry_r
     if let Some(v) = fwd.tenant.and_then(header_value) {
         headers.insert(X_SANDGATE_TENANT, v);
     }
-    if let Some(v) = header_value(&fwd.client_ip.to_string()) {
-        headers.insert(X_FORWARDED_FOR, v);
-    }
+    headers.insert(X_FORWARDED_FOR, fwd.client_ip);
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     if let Some(v) = fwd.host {
         headers.insert(X_FORWARDED_HOST, v);
@@ -155,7 +153,7 @@ mod tests {
         prepare_request(
             &mut h,
             Forwarded {
-                client_ip: [10, 0, 0, 7].into(),
+                client_ip: HeaderValue::from_static("10.0.0.7"),
                 proto: "https",
                 host: Some(HeaderValue::from_static("api.sandbox.example.com")),
                 request_id: "req_1",

@@ -26,8 +26,9 @@ pub use headers::{IDENTITY_HEADERS, strip_hop_by_hop};
 /// Facts about the client connection the proxy passes on to the backend.
 #[derive(Clone, Debug)]
 pub struct Forwarded<'a> {
-    /// The client's IP address.
-    pub client_ip: std::net::IpAddr,
+    /// The client's IP address, as `X-Forwarded-For` text
+    /// ([`crate::server::ConnInfo::forwarded_for`]).
+    pub client_ip: HeaderValue,
     /// `https` or `http`, as the client connected.
     pub proto: &'static str,
     /// The host the client asked for (`Host`, or `:authority` on HTTP/2).
@@ -239,6 +240,12 @@ impl Upstream {
         let noted = Arc::new(OnceLock::new());
         let note = noted.clone();
         let body: Body = match body {
+            // Nothing to stream (a GET, say): no wrapping to allocate.
+            crate::body::RequestBody::Streaming(body)
+                if hyper::body::Body::is_end_stream(&body) =>
+            {
+                crate::body::empty()
+            }
             crate::body::RequestBody::Streaming(body) => Limited::new(body, limit)
                 .map_frame(move |f| {
                     if let (Some(c), Some(data)) = (&capture, f.data_ref()) {
@@ -256,7 +263,7 @@ impl Upstream {
         let req = Request::from_parts(parts, body);
 
         let api = || self.api.to_string();
-        let sent = std::time::Instant::now();
+        let sent = quanta::Instant::now();
         let exchange = tokio::time::timeout(self.timeout, self.client().request(req)).await;
         self.duration.record(sent.elapsed().as_secs_f64());
         let resp = match exchange {
