@@ -87,6 +87,9 @@ pub struct Upstream {
     api: Arc<str>,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// `Host` for the backend (its URL's authority, without a default
+    /// port), made once here rather than by the client on every request.
+    host: HeaderValue,
     base_path: String,
     timeout: std::time::Duration,
     timeout_text: String,
@@ -120,6 +123,8 @@ impl Upstream {
             ));
         };
         let base_path = uri.path().trim_end_matches('/').to_owned();
+        let host = host_header(&scheme, &authority)
+            .ok_or_else(|| ConfigError::new(file, line, "upstream url has an unusable host"))?;
 
         let mut roots = rustls::RootCertStore::empty();
         // System roots are a convenience; a machine without them still works
@@ -180,6 +185,7 @@ impl Upstream {
             api: Arc::from(api),
             scheme,
             authority,
+            host,
             base_path,
             timeout: cfg.timeout.value.get(),
             timeout_text: cfg.timeout.value.to_string(),
@@ -231,6 +237,9 @@ impl Upstream {
         parts.version = Version::HTTP_11;
         let capture = fwd.capture.clone();
         headers::prepare_request(&mut parts.headers, fwd, permit.dry_run);
+        // The backend's Host is its own (the client's was removed above; the
+        // client would otherwise format this on every request).
+        parts.headers.insert(http::header::HOST, self.host.clone());
 
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
         // Errors of the client's body are marked, so a client that breaks
@@ -312,6 +321,24 @@ impl Upstream {
     }
 }
 
+/// The `Host` a backend at `scheme://authority` expects: its host, with
+/// the port unless it is the scheme's default (as hyper's client sets it).
+fn host_header(
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+) -> Option<HeaderValue> {
+    let default_port = if *scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    let host = match authority.port_u16() {
+        Some(p) if p != default_port => format!("{}:{p}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    HeaderValue::from_str(&host).ok()
+}
+
 /// An error of the client's request body (not of the backend).
 #[derive(Debug)]
 struct ClientBodyError(BoxError);
@@ -363,9 +390,32 @@ fn header_value(s: &str) -> Option<HeaderValue> {
 }
 
 #[cfg(test)]
-mod permit_tests {
-    use super::Permit;
+mod tests {
+    use super::{Permit, Uri, host_header};
     use crate::config::DryRunMode;
+
+    #[test]
+    fn the_backend_host_drops_only_a_default_port() {
+        let table = [
+            ("http://127.0.0.1:18081/base", "127.0.0.1:18081"),
+            ("http://backend.internal", "backend.internal"),
+            ("http://backend.internal:80", "backend.internal"),
+            ("https://backend.internal:443", "backend.internal"),
+            ("https://backend.internal:80", "backend.internal:80"),
+            ("http://[::1]:8080", "[::1]:8080"),
+        ];
+        for (url, want) in table {
+            let uri: Uri = url.parse().expect("a URL");
+            let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+                panic!("{url} has a scheme and an authority");
+            };
+            assert_eq!(
+                host_header(scheme, authority).expect("a host"),
+                want,
+                "{url}"
+            );
+        }
+    }
 
     #[test]
     fn a_dry_run_gets_a_permit_only_from_a_forwarding_backend() {
