@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Instructions per request: the release binary under valgrind's callgrind,
+# answering N requests from one keep-alive client, on three routes:
+#
+#   public    GET /payments/v1/customers/{id} on a public facade API
+#   key       the same on the bundled demo, with the demo tenant's API key
+#             (identify, admit, clock, decision trace, analytics)
+#   upstream  GET /echo/v1/customers/{id} forwarded to a local nginx
+#
+# Unlike req/s on a shared 2-core VM (±15 % between rounds), an instruction
+# count is the same from run to run for the same binary and requests, so a
+# change worth 2 % shows. It counts user-space instructions of every
+# gateway thread (workers, trace writer, analytics), not the kernel's work
+# or cache misses: use it to compare builds, and benches/load.sh for
+# throughput.
+#
+# Usage: benches/instructions.sh [route ...]   (env: N=3000 WARM=200 BIN=...)
+# Needs valgrind and, for `upstream`, nginx (installed with apt when missing).
+# Prints one line per route and, with KEEP=1, leaves callgrind's output in
+# target/callgrind/ for callgrind_annotate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-3000}
+WARM=${WARM:-200}
+ROUTES=("$@")
+[ ${#ROUTES[@]} -gt 0 ] || ROUTES=(public key upstream)
+
+need=()
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=target/release/sandgate
+  COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
+else
+  COMMIT="binary $BIN"   # built elsewhere: its commit is the caller's to say
+fi
+BIN=$(realpath "$BIN")
+
+WORK=$(mktemp -d)
+OUTDIR=target/callgrind
+mkdir -p "$OUTDIR"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+P_UP=$(free_port)
+
+BODY='{"id":"cus_NffrFeUfNV2Hib","object":"customer","created":1767225600,"email":"jenny.rosen@example.com","name":"Jenny Rosen","description":null,"phone":null,"metadata":{},"livemode":false}'
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$P_UP; location / { default_type application/json; return 200 '$BODY'; } }
+}
+NGX
+"$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
+
+# One route: start the gateway under callgrind with instrumentation off,
+# warm up, switch it on for exactly N requests, dump, and count.
+measure() {
+  local route=$1 port admin args path out pid
+  port=$(free_port); admin=$(free_port)
+  path=/payments/v1/customers/cus_NffrFeUfNV2Hib
+  case $route in
+    public|upstream)
+      mkdir -p "$WORK/$route/contracts"
+      cp contracts/payments.yaml "$WORK/$route/contracts/"
+      cat > "$WORK/$route/sandgate.yaml" <<YAML
+listeners:
+  - addr: 127.0.0.1:$port
+admin:
+  listen: 127.0.0.1:$admin
+apis:
+  - name: payments
+    prefix: /payments
+    contract: contracts/payments.yaml
+    mode: facade
+  - name: echo
+    prefix: /echo
+    mode: upstream
+    upstream: { url: "http://127.0.0.1:$P_UP" }
+YAML
+      args=(serve --config "$WORK/$route")
+      [ "$route" = upstream ] && path=/echo/v1/customers/cus_NffrFeUfNV2Hib
+      ;;
+    key) args=(serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin") ;;
+    *) echo "unknown route: $route (public, key, upstream)" >&2; exit 2 ;;
+  esac
+  out="$OUTDIR/$route.out"
+  rm -f "$out" "$out".*
+  (cd "$WORK" && SANDGATE_LOG=warn exec valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$OLDPWD/$out" "$BIN" "${args[@]}" >"$WORK/$route.log" 2>"$WORK/$route.vg") &
+  pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$port$path" && break; sleep 0.2; done
+  local key=""
+  if [ "$route" = key ]; then
+    for _ in $(seq 100); do grep -q '^  API key:' "$WORK/$route.log" && break; sleep 0.1; done
+    key=$(awk '/^  API key:/ {print $3}' "$WORK/$route.log")
+  fi
+  python3 - "$port" "$path" "$key" "$N" "$WARM" "$pid" <<'PY'
+import http.client, subprocess, sys
+port, path, key, n, warm, pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+headers = {"Authorization": "Bearer " + key} if key else {}
+conn = http.client.HTTPConnection("127.0.0.1", int(port))
+def one():
+    conn.request("GET", path, headers=headers)
+    r = conn.getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"{path}: status {r.status}")
+for _ in range(warm):
+    one()
+subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
+for _ in range(n):
+    one()
+subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
+PY
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  local dump total
+  dump=$(ls -t "$out".* | head -1)
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(/,/, "", $1); print $1}')
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  printf '| %s | %s | %s |\n' "$route" "$N" "$((total / N))"
+  [ -n "${KEEP:-}" ] || rm -f "$out" "$out".*
+}
+
+echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $COMMIT; valgrind $(valgrind --version | sed 's/valgrind-//');"
+echo "one keep-alive client, $WARM warm-up requests, then N counted."
+echo
+echo "| route | requests | instructions per request |"
+echo "|---|---:|---:|"
+for r in "${ROUTES[@]}"; do measure "$r"; done
