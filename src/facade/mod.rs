@@ -21,6 +21,9 @@ pub const SANDGATE_SOURCE: http::HeaderName = http::HeaderName::from_static("san
 /// The response header naming the scenario rule that answered.
 pub const SANDGATE_SCENARIO: http::HeaderName = http::HeaderName::from_static("sandgate-scenario");
 
+/// The `Prefer` header (RFC 7240), looked up on every facade request.
+const PREFER: http::HeaderName = http::HeaderName::from_static("prefer");
+
 /// A prepared response, marked with its source.
 fn prepared(example: &crate::contract::PreparedResponse, source: &'static str) -> Response<Body> {
     let body = if example.body.is_empty() {
@@ -80,7 +83,7 @@ pub fn preferred(
     let mut example: Option<&str> = None;
     let mut dynamic = false;
     let mut asked = Vec::new();
-    for value in headers.get_all("prefer") {
+    for value in headers.get_all(PREFER) {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split([',', ';']) {
             let Some((k, v)) = token.split_once('=') else {

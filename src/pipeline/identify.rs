@@ -53,6 +53,9 @@ pub struct Principal {
     pub via: Via,
 }
 
+/// The `X-Api-Key` header (a name made once, not parsed per lookup).
+pub const X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
+
 /// The credential of a request, if any: a Bearer token or an `X-Api-Key`.
 fn credential(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
@@ -66,7 +69,7 @@ fn credential(headers: &HeaderMap) -> Option<&str> {
     bearer
         .or_else(|| {
             headers
-                .get("x-api-key")
+                .get(X_API_KEY)
                 .and_then(|v| v.to_str().ok())
                 .map(str::trim)
         })

@@ -99,7 +99,9 @@ struct Entry {
     reason: Reason,
     rule: Option<String>,
     started: Instant,
-    micros: Option<u64>,
+    /// When the stage ended (the next one started); the duration is worked
+    /// out only for a trace that is written.
+    ended: Option<Instant>,
 }
 
 /// The compiled `traces:` settings.
@@ -261,10 +263,9 @@ impl Recorder {
 
     fn close(&mut self, now: Instant) {
         if let Some(e) = self.entries.last_mut()
-            && e.micros.is_none()
+            && e.ended.is_none()
         {
-            e.micros =
-                Some(u64::try_from(now.duration_since(e.started).as_micros()).unwrap_or(u64::MAX));
+            e.ended = Some(now);
         }
     }
 
@@ -284,7 +285,7 @@ impl Recorder {
             reason: Reason::None,
             rule: None,
             started: now,
-            micros: None,
+            ended: None,
         });
     }
 
@@ -393,7 +394,7 @@ impl Recorder {
         if principal.via == crate::pipeline::identify::Via::ApiKey {
             let key = req
                 .headers()
-                .get("x-api-key")
+                .get(crate::pipeline::identify::X_API_KEY)
                 .or_else(|| req.headers().get(http::header::AUTHORIZATION))
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
@@ -470,7 +471,7 @@ impl Recorder {
         }
         let stage = refusal.stage().as_str();
         match self.entries.last_mut() {
-            Some(e) if e.micros.is_none() => e.verdict = Verdict::Refused,
+            Some(e) if e.ended.is_none() => e.verdict = Verdict::Refused,
             // Refused outside any stage (the request timeout): an entry of its own.
             _ => {
                 self.enter(stage);
@@ -875,7 +876,9 @@ impl Pending {
                 verdict: e.verdict,
                 reason: self.reason(e.reason),
                 rule: e.rule,
-                micros: e.micros.unwrap_or(0),
+                micros: e.ended.map_or(0, |end| {
+                    u64::try_from(end.duration_since(e.started).as_micros()).unwrap_or(u64::MAX)
+                }),
             })
             .collect();
         let s = &*self.scrubber;
