@@ -1100,3 +1100,166 @@ async fn an_http_1_0_backend_does_not_downgrade_the_client() {
     }
     assert!(gw.shutdown().await);
 }
+
+/// What a [`raw_backend`] does after each response.
+#[derive(Clone, Copy, PartialEq)]
+enum AfterResponse {
+    /// Keeps the connection open for the next request.
+    KeepAlive,
+    /// Closes it without saying so (no `Connection: close`), as a backend
+    /// with a short keep-alive timeout does.
+    CloseSilently,
+}
+
+/// Connections a [`raw_backend`] accepted, and how many of them the
+/// gateway has closed.
+#[derive(Default)]
+struct ConnCounts {
+    accepted: std::sync::atomic::AtomicUsize,
+    closed_by_peer: std::sync::atomic::AtomicUsize,
+}
+
+/// A bodiless-GET HTTP/1.1 backend written on raw sockets, answering every
+/// request with a `size`-byte body, counting its connections.
+async fn raw_backend(after: AfterResponse, size: usize) -> (SocketAddr, Arc<ConnCounts>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let counts = Arc::new(ConnCounts::default());
+    let c = counts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.accepted.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                c.closed_by_peer.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    buf.drain(..end + 4);
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                    let mut out = head.into_bytes();
+                    out.resize(out.len() + size, b'x');
+                    if s.write_all(&out).await.is_err() {
+                        c.closed_by_peer.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    if after == AfterResponse::CloseSilently {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, counts)
+}
+
+/// Waits until `cond` holds (at most [`PATIENCE`]).
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < PATIENCE, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn connections_to_a_backend_are_reused_and_closed_when_idle() {
+    let (addr, counts) = raw_backend(AfterResponse::KeepAlive, 3000).await;
+    let gw = gateway(&api(
+        "kept",
+        &format!("http://{addr}"),
+        "",
+        ", pool_idle_timeout: 300ms",
+    ))
+    .await;
+    let c = common::client();
+    for i in 0..20 {
+        let resp = c
+            .get(gw.url(&format!("/kept/{i}")))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.bytes().await.expect("body").len(), 3000);
+    }
+    assert_eq!(
+        counts.accepted.load(Ordering::SeqCst),
+        1,
+        "20 requests in turn on one client connection take one backend connection"
+    );
+    assert_eq!(counts.closed_by_peer.load(Ordering::SeqCst), 0);
+    // Idle past pool_idle_timeout: the gateway closes it.
+    eventually("the idle backend connection is closed", || {
+        counts.closed_by_peer.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let resp = c.get(gw.url("/kept/again")).send().await.expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2, "a new one after");
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_idle_connections_costs_no_request() {
+    let (addr, counts) = raw_backend(AfterResponse::CloseSilently, 10).await;
+    let gw = gateway(&api("short", &format!("http://{addr}"), "", "")).await;
+    let c = common::client();
+    for i in 0..10 {
+        let resp = c
+            .get(gw.url(&format!("/short/{i}")))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(resp.bytes().await.expect("body").len(), 10);
+        // Time for the close to arrive before the next request (sending on
+        // a connection the backend is closing at that very moment is a race
+        // no HTTP/1.1 client can win for a request that is not idempotent).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 10);
+    assert!(gw.shutdown().await);
+}
+
+#[tokio::test]
+async fn a_response_read_only_in_part_does_not_return_its_connection() {
+    let (addr, counts) = raw_backend(AfterResponse::KeepAlive, 8 * 1024 * 1024).await;
+    let gw = gateway(&api("big", &format!("http://{addr}"), "", "")).await;
+    // The client takes the head and a first piece, then goes away.
+    let mut resp = common::client()
+        .get(gw.url("/big/1"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.chunk().await.expect("a chunk").is_some());
+    drop(resp);
+    // The backend connection, mid-response, is closed, never reused.
+    eventually("the half-read backend connection is closed", || {
+        counts.closed_by_peer.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let resp = common::client()
+        .get(gw.url("/big/2"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.bytes().await.expect("body").len(),
+        8 * 1024 * 1024,
+        "a whole response of its own"
+    );
+    assert_eq!(counts.accepted.load(Ordering::SeqCst), 2);
+    assert!(gw.shutdown().await);
+}

@@ -720,7 +720,8 @@ pub struct UpstreamConfig {
     /// bounds the whole exchange. Default: `25s`.
     #[serde(default = "default_upstream_timeout")]
     pub timeout: Spanned<Duration>,
-    /// Time allowed to open a connection. Default: `5s`.
+    /// Time allowed to open a connection (for an `http` backend, resolving
+    /// its host and connecting; for `https`, each TCP attempt). Default: `5s`.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Duration,
     /// Extra PEM CA bundle trusted for an `https` backend, on top of the

@@ -8,9 +8,11 @@
 //! no hop-by-hop header and no identity header the client made up.
 
 mod headers;
+mod pool;
 
 use std::sync::{Arc, OnceLock};
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper_rustls::HttpsConnector;
@@ -93,7 +95,7 @@ pub struct Upstream {
     base_path: String,
     timeout: std::time::Duration,
     timeout_text: String,
-    clients: Box<[Client<HttpsConnector<HttpConnector>, Body>]>,
+    transport: Transport,
     /// Time to the backend's response head (`sandgate_upstream_duration_seconds`).
     duration: metrics::Histogram,
 }
@@ -167,20 +169,33 @@ impl Upstream {
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(http);
-        // One client, so one connection pool, per worker thread: a pooled
-        // connection is driven by the thread that opened it, so a request
-        // never hands its exchange to another thread. Slot 0 serves threads
-        // that are not workers (tests, the control runtime).
-        let clients = (0..=workers)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(cfg.pool_idle_timeout.get())
-                    .pool_max_idle_per_host(cfg.pool_max_idle)
-                    .build(connector.clone())
-            })
-            .collect();
+        // One connection pool per worker thread: a pooled connection is
+        // driven by the thread that opened it, so a request never hands its
+        // exchange to another thread. Slot 0 serves threads that are not
+        // workers (tests, the control runtime).
+        let transport = if scheme == http::uri::Scheme::HTTP {
+            Transport::Plain(pool::Pool::new(
+                authority.host(),
+                authority.port_u16().unwrap_or(80),
+                cfg.connect_timeout.get(),
+                cfg.pool_idle_timeout.get(),
+                cfg.pool_max_idle,
+                workers,
+            ))
+        } else {
+            Transport::Tls(
+                (0..=workers)
+                    .map(|_| {
+                        Client::builder(TokioExecutor::new())
+                            .timer(TokioTimer::new())
+                            .pool_timer(TokioTimer::new())
+                            .pool_idle_timeout(cfg.pool_idle_timeout.get())
+                            .pool_max_idle_per_host(cfg.pool_max_idle)
+                            .build(connector.clone())
+                    })
+                    .collect(),
+            )
+        };
         Ok(Upstream {
             api: Arc::from(api),
             scheme,
@@ -189,15 +204,38 @@ impl Upstream {
             base_path,
             timeout: cfg.timeout.value.get(),
             timeout_text: cfg.timeout.value.to_string(),
-            clients,
+            transport,
             duration: metrics::histogram!("sandgate_upstream_duration_seconds", "api" => api.to_owned()),
         })
     }
 
-    /// The calling worker's client.
-    fn client(&self) -> &Client<HttpsConnector<HttpConnector>, Body> {
-        let slot = crate::server::worker_slot();
-        self.clients.get(slot).unwrap_or(&self.clients[0])
+    /// Sends `req` on a connection of the calling worker's pool.
+    async fn send(&self, req: Request<Body>) -> Result<Response<Body>, Failed> {
+        match &self.transport {
+            Transport::Plain(pool) => match pool.send(req).await {
+                Ok(resp) => Ok(resp.map(boxed)),
+                Err(pool::PoolError::Connect(e)) => Err(Failed {
+                    connect: true,
+                    error: Box::new(e),
+                }),
+                Err(pool::PoolError::Exchange(e)) => Err(Failed {
+                    connect: false,
+                    error: Box::new(e),
+                }),
+            },
+            Transport::Tls(clients) => {
+                let client = clients
+                    .get(crate::server::worker_slot())
+                    .unwrap_or(&clients[0]);
+                match client.request(req).await {
+                    Ok(resp) => Ok(resp.map(boxed)),
+                    Err(e) => Err(Failed {
+                        connect: e.is_connect(),
+                        error: Box::new(e),
+                    }),
+                }
+            }
+        }
     }
 
     /// Forwards `req`, minus the first `strip` bytes of its path (the API's
@@ -228,12 +266,17 @@ impl Upstream {
             pq.push('?');
             pq.push_str(q);
         }
-        parts.uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .map_err(|_| Refusal::Internal)?;
+        parts.uri = match self.transport {
+            // hyper's own connection writes the URI as given: origin-form.
+            Transport::Plain(_) => Uri::try_from(pq).map_err(|_| ()),
+            Transport::Tls(_) => Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(self.authority.clone())
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| ()),
+        }
+        .map_err(|_| Refusal::Internal)?;
         parts.version = Version::HTTP_11;
         let capture = fwd.capture.clone();
         headers::prepare_request(&mut parts.headers, fwd, permit.dry_run);
@@ -273,7 +316,7 @@ impl Upstream {
 
         let api = || self.api.to_string();
         let sent = quanta::Instant::now();
-        let exchange = tokio::time::timeout(self.timeout, self.client().request(req)).await;
+        let exchange = tokio::time::timeout(self.timeout, self.send(req)).await;
         self.duration.record(sent.elapsed().as_secs_f64());
         let resp = match exchange {
             Err(_) => {
@@ -283,8 +326,8 @@ impl Upstream {
                     after: self.timeout_text.clone(),
                 });
             }
-            Ok(Err(e)) => {
-                match client_body_error(&e).or_else(|| noted.get().copied()) {
+            Ok(Err(Failed { connect, error })) => {
+                match client_body_error(&*error).or_else(|| noted.get().copied()) {
                     Some(ClientBody::TooLarge) => {
                         return Err(Refusal::PayloadTooLarge {
                             declared: None,
@@ -295,14 +338,10 @@ impl Upstream {
                     Some(ClientBody::Broken) => return Err(Refusal::UnreadableBody),
                     None => {}
                 }
-                let kind = if e.is_connect() {
-                    "connect"
-                } else {
-                    "protocol"
-                };
+                let kind = if connect { "connect" } else { "protocol" };
                 metrics::counter!("sandgate_upstream_errors_total", "api" => self.api.to_string(), "kind" => kind).increment(1);
-                tracing::warn!(api = %self.api, kind, error = %e, "upstream request failed");
-                return Err(if e.is_connect() {
+                tracing::warn!(api = %self.api, kind, error = %error, "upstream request failed");
+                return Err(if connect {
                     Refusal::UpstreamUnavailable { api: api() }
                 } else {
                     Refusal::UpstreamError { api: api() }
@@ -316,9 +355,32 @@ impl Upstream {
         // must not turn the answer into an HTTP/1.0 response (which would
         // also end the client's keep-alive).
         parts.version = Version::default();
-        let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// How requests reach a backend.
+#[derive(Debug)]
+enum Transport {
+    /// `http`: hyper's HTTP/1.1 connections, pooled per worker thread.
+    Plain(Arc<pool::Pool>),
+    /// `https`: hyper-util's client (h2 or HTTP/1.1, as ALPN decides), one
+    /// per worker thread (slot 0 for other threads).
+    Tls(Box<[Client<HttpsConnector<HttpConnector>, Body>]>),
+}
+
+/// A failed exchange: whether no connection could be opened, and why.
+struct Failed {
+    connect: bool,
+    error: BoxError,
+}
+
+/// A backend's response body, with its errors boxed.
+fn boxed<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+{
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed()
 }
 
 /// The `Host` a backend at `scheme://authority` expects: its host, with
