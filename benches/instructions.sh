@@ -5,7 +5,13 @@
 #   public    GET /payments/v1/customers/{id} on a public facade API
 #   key       the same on the bundled demo, with the demo tenant's API key
 #             (identify, admit, clock, decision trace, analytics)
+#   jwt       the same with a token from the demo's built-in issuer
 #   upstream  GET /echo/v1/customers/{id} forwarded to a local nginx
+#   limits_off  the `key` request on a sandbox with the file store and no
+#             plan, a tenant provisioned through the admin API
+#   limits_on   the same with a plan (rate, two quotas, a concurrency cap,
+#             all far above the load): the limit stage's cost is the
+#             difference (benches/limits_load.sh measures it in req/s)
 #
 # Unlike req/s on a shared 2-core VM (±15 % between rounds), an instruction
 # count is the same from run to run for the same binary and requests, so a
@@ -105,21 +111,63 @@ YAML
       args=(serve --config "$WORK/$route")
       [ "$route" = upstream ] && path=/echo/v1/customers/cus_NffrFeUfNV2Hib
       ;;
-    key) args=(serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin") ;;
-    *) echo "unknown route: $route (public, key, upstream)" >&2; exit 2 ;;
+    key|jwt) args=(serve --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin") ;;
+    limits_off|limits_on)
+      mkdir -p "$WORK/$route/contracts" "$WORK/$route/policies"
+      cp contracts/payments.yaml "$WORK/$route/contracts/"
+      [ "$route" = limits_on ] && cat > "$WORK/$route/policies/plans.yaml" <<'YAML'
+plans:
+  bench:
+    rate: { requests: 10000000, per: 1s, burst: 10000000 }
+    quotas:
+      - { requests: 1000000000, per: day }
+      - { requests: 1000000000, per: lifetime }
+    concurrency: 10000
+default_plan: bench
+YAML
+      cat > "$WORK/$route/sandgate.yaml" <<YAML
+listeners:
+  - addr: 127.0.0.1:$port
+admin:
+  listen: 127.0.0.1:$admin
+store: { kind: file, path: data/$route.redb }
+auth:
+  api_keys: { prefix: sk_sandbox_, live_prefixes: [sk_live_] }
+apis:
+  - name: payments
+    prefix: /payments
+    contract: contracts/payments.yaml
+    mode: facade
+YAML
+      args=(serve --config "$WORK/$route")
+      ;;
+    *) echo "unknown route: $route (public, key, jwt, upstream, limits_off, limits_on)" >&2; exit 2 ;;
   esac
   out="$OUTDIR/$route.out"
   rm -f "$out" "$out".*
-  (cd "$WORK" && SANDGATE_LOG=warn exec valgrind --tool=callgrind --instr-atstart=no \
+  (cd "$WORK" && SANDGATE_ADMIN_TOKEN=bench-admin-token SANDGATE_LOG=warn exec valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$OLDPWD/$out" "$BIN" "${args[@]}" >"$WORK/$route.log" 2>"$WORK/$route.vg") &
   pid=$!
   PIDS+=("$pid")
   for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$port$path" && break; sleep 0.2; done
   local key=""
-  if [ "$route" = key ]; then
-    for _ in $(seq 100); do grep -q '^  API key:' "$WORK/$route.log" && break; sleep 0.1; done
-    key=$(awk '/^  API key:/ {print $3}' "$WORK/$route.log")
-  fi
+  case $route in
+    key)
+      for _ in $(seq 100); do grep -q '^  API key:' "$WORK/$route.log" && break; sleep 0.1; done
+      key=$(awk '/^  API key:/ {print $3}' "$WORK/$route.log")
+      ;;
+    jwt)
+      for _ in $(seq 100); do grep -q '^  client_secret:' "$WORK/$route.log" && break; sleep 0.1; done
+      key=$(curl -sf -u "$(awk '/^  client_id:/ {print $2}' "$WORK/$route.log"):$(awk '/^  client_secret:/ {print $2}' "$WORK/$route.log")" \
+        -d grant_type=client_credentials "http://127.0.0.1:$port/oauth/token" \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+      ;;
+    limits_*)
+      key=$(curl -sf -H "Authorization: Bearer bench-admin-token" -H 'Content-Type: application/json' \
+        -d '{"prospect_company":"Bench","prospect_email":"bench@example.com"}' \
+        "http://127.0.0.1:$admin/internal/sandboxes" | python3 -c 'import json,sys; print(json.load(sys.stdin)["credentials"]["api_key"])')
+      ;;
+  esac
   python3 - "$port" "$path" "$key" "$N" "$WARM" "$pid" <<'PY'
 import http.client, subprocess, sys
 port, path, key, n, warm, pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
