@@ -15,10 +15,16 @@
 #
 # Unlike req/s on a shared 2-core VM (±15 % between rounds), an instruction
 # count is the same from run to run for the same binary and requests, so a
-# change worth 2 % shows. It counts user-space instructions of every
-# gateway thread (workers, trace writer, analytics), not the kernel's work
-# or cache misses: use it to compare builds, and benches/load.sh for
-# throughput.
+# change worth 2 % shows. It counts user-space instructions, not the
+# kernel's work or cache misses: use it to compare builds, and
+# benches/load.sh for throughput. Two columns:
+#
+#   worker    the worker thread that served the client: the request path
+#   all       every gateway thread, adding the background work (trace
+#             writer, analytics, quota flushes, the store). Some of that is
+#             per second rather than per request, and under callgrind's
+#             slowdown a second holds few requests: this column varies more
+#             (a few %) and overstates what a loaded gateway spends.
 #
 # Usage: benches/instructions.sh [route ...]   (env: N=3000 WARM=200 BIN=...)
 # Needs valgrind and, for `upstream`, nginx (installed with apt when missing).
@@ -144,8 +150,8 @@ YAML
     *) echo "unknown route: $route (public, key, jwt, upstream, limits_off, limits_on)" >&2; exit 2 ;;
   esac
   out="$OUTDIR/$route.out"
-  rm -f "$out" "$out".*
-  (cd "$WORK" && SANDGATE_ADMIN_TOKEN=bench-admin-token SANDGATE_LOG=warn exec valgrind --tool=callgrind --instr-atstart=no \
+  rm -f "$out" "$out".* "$out"-*
+  (cd "$WORK" && SANDGATE_ADMIN_TOKEN=bench-admin-token SANDGATE_LOG=warn exec valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes \
     --callgrind-out-file="$OLDPWD/$out" "$BIN" "${args[@]}" >"$WORK/$route.log" 2>"$WORK/$route.vg") &
   pid=$!
   PIDS+=("$pid")
@@ -187,18 +193,22 @@ for _ in range(n):
 subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True)
 PY
   callgrind_control -d "$pid" >/dev/null 2>&1
-  local dump total
-  dump=$(ls -t "$out".* | head -1)
-  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(/,/, "", $1); print $1}')
+  # One file per thread (out.1-01, out.1-02, ...), each with its total.
+  local total=0 worker=0 t f
+  for f in "$out".1-*; do
+    t=$(awk '/^totals:/ {print $2}' "$f")
+    total=$((total + t))
+    [ "$t" -gt "$worker" ] && worker=$t
+  done
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  printf '| %s | %s | %s |\n' "$route" "$N" "$((total / N))"
-  [ -n "${KEEP:-}" ] || rm -f "$out" "$out".*
+  printf '| %s | %s | %s | %s |\n' "$route" "$N" "$((worker / N))" "$((total / N))"
+  [ -n "${KEEP:-}" ] || rm -f "$out" "$out".* "$out"-*
 }
 
 echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $COMMIT; valgrind $(valgrind --version | sed 's/valgrind-//');"
 echo "one keep-alive client, $WARM warm-up requests, then N counted."
 echo
-echo "| route | requests | instructions per request |"
-echo "|---|---:|---:|"
+echo "| route | requests | worker thread, per request | all threads, per request |"
+echo "|---|---:|---:|---:|"
 for r in "${ROUTES[@]}"; do measure "$r"; done
