@@ -198,7 +198,24 @@ async fn a_served_request_shows_its_mode_target_and_every_stage() {
         .expect("request");
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
+    let text = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .expect(name)
+            .to_owned()
+    };
+    let (policy, standing) = (text("ratelimit-policy"), text("ratelimit"));
     let t = trace(&gw, &key, &id).await;
+    // The limit stage names the plan and where the tenant stood: the very
+    // rate-limit headers of the answer.
+    assert_eq!(
+        stage(&t, "limit")["reason"],
+        format!(
+            "plan roomy: within its limits (RateLimit-Policy: {policy}; RateLimit: {standing})"
+        )
+        .as_str()
+    );
     assert_eq!(t["sandbox_id"], tenant_id.as_str());
     assert_eq!(t["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(t["mode"], "facade");

@@ -134,13 +134,32 @@ impl Rule {
         let burst = rate.burst.get();
         let per = rate.interval() * burst;
         let window = per.as_secs() + u64::from(per.subsec_nanos() > 0);
-        http::HeaderValue::from_str(&format!(
-            "\"{}\";q={burst};w={}",
-            scope.as_str(),
-            window.max(1)
-        ))
-        .unwrap_or_else(|_| http::HeaderValue::from_static("\"plan\""))
+        let text = format!("\"{}\";q={burst};w={}", scope.as_str(), window.max(1));
+        // Checked here; `from_static` below cannot fail for it.
+        if http::HeaderValue::from_str(&text).is_err() {
+            return http::HeaderValue::from_static("\"plan\"");
+        }
+        http::HeaderValue::from_static(interned(text))
     }
+}
+
+/// `text`, kept for the life of the process (once per distinct text).
+///
+/// A rule's `RateLimit-Policy` goes on every answer to its tenants: as a
+/// static value it is copied without touching a reference count the workers
+/// would share (a cache line bouncing between the cores on every request).
+/// The texts are few, `"<scope>";q=<burst>;w=<seconds>`, and a reload
+/// that keeps its plans adds none.
+fn interned(text: String) -> &'static str {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(s) = seen.get(text.as_str()) {
+        return s;
+    }
+    let s: &'static str = Box::leak(text.into_boxed_str());
+    seen.insert(s);
+    s
 }
 
 /// One compiled plan.

@@ -82,9 +82,11 @@ enum Reason {
     Admitted,
     /// The tenant's clock.
     Clock,
-    /// The plan's standing after the limit stage: its `RateLimit-Policy`
-    /// and `RateLimit` values, when a rate or quota applies.
-    Limit(Option<Box<(HeaderValue, HeaderValue)>>),
+    /// The limit stage let the request through; `true` when a rate
+    /// applies, whose standing (`RateLimit-Policy` and `RateLimit`) the
+    /// answer carries: the trace reads it from the answer's headers when it
+    /// is written, rather than copying it on the request path.
+    Limit(bool),
     /// The body matched the operation.
     Validated,
     /// What dispatch answered with.
@@ -342,8 +344,7 @@ impl Recorder {
         if self.kept()
             && let Some(e) = self.entries.last_mut()
         {
-            e.reason =
-                Reason::Limit(standing.map(|s| Box::new((s.policy.clone(), s.limit.clone()))));
+            e.reason = Reason::Limit(standing.is_some());
         }
     }
 
@@ -853,7 +854,16 @@ impl Pending {
             }
             Reason::Admitted => reasons::admitted(t, self.api.as_deref().unwrap_or_default()),
             Reason::Clock => reasons::clock(self.tenant_now?, self.clock_set),
-            Reason::Limit(standing) => reasons::limit(&t.plan, standing.as_deref()),
+            Reason::Limit(standing) => reasons::limit(
+                &t.plan,
+                standing
+                    .then(|| {
+                        let h = &self.response_headers;
+                        h.get(crate::pipeline::limit::RATELIMIT_POLICY)
+                            .zip(h.get(crate::pipeline::limit::RATELIMIT))
+                    })
+                    .flatten(),
+            ),
             Reason::Validated => format!(
                 "matches operation {} of the contract",
                 self.operation.as_deref()?

@@ -41,7 +41,7 @@ pub fn clock(now: u64, set: bool) -> String {
 
 /// The plan's standing after the limit stage: its `RateLimit-Policy` and
 /// `RateLimit` values, when a rate or quota applies.
-pub fn limit(plan: &str, standing: Option<&(HeaderValue, HeaderValue)>) -> String {
+pub fn limit(plan: &str, standing: Option<(&HeaderValue, &HeaderValue)>) -> String {
     let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
     match standing {
         Some((policy, limit)) => format!(
