@@ -60,14 +60,49 @@ pub struct Running {
 
 /// Binds `addr` with `SO_REUSEPORT`, so every worker can have its own
 /// accepting socket on the same port and the kernel spreads connections.
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// With `cpu`, the socket asks for the connections whose packets arrive on
+/// that CPU (`SO_INCOMING_CPU`; Linux 6.2 picks among a `SO_REUSEPORT`
+/// group's sockets by it, and falls back to its hash when none matches).
+fn bind_reuseport(addr: SocketAddr, cpu: Option<usize>) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
+    if let Some(cpu) = cpu {
+        socket.set_cpu_affinity(cpu)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// With `pin` (`pin_workers`), the CPUs the workers are bound to: worker
+/// i on the i-th CPU the process may run on, round robin.
+///
+/// A bound worker whose sockets ask for its CPU's connections keeps each
+/// connection's work, and the wake-ups between it and its client, on one
+/// core: on the 2-core VM of BENCHMARKS.md that took a bare hyper server
+/// from about 220k to 400k requests/s. It is not the default because the
+/// kernel places a connection by the CPU its opening packet arrived on:
+/// behind a NIC that spreads flows over its queues that is balanced, but a
+/// client on the same machine that opens its connections from one CPU puts
+/// them all on one worker (one round in four of that benchmark did, at
+/// 166k). And a bound worker cannot move away from a CPU something else
+/// keeps busy.
+fn worker_cpus(pin: bool, workers: usize) -> Option<Vec<core_affinity::CoreId>> {
+    if !pin {
+        return None;
+    }
+    // The CPUs this process may run on (its affinity mask).
+    let Some(cpus) = core_affinity::get_core_ids().filter(|c| !c.is_empty()) else {
+        tracing::warn!("pin_workers: the CPUs this process may use are unknown; workers not bound");
+        return None;
+    };
+    let list: Vec<String> = (0..workers)
+        .map(|i| cpus[i % cpus.len()].id.to_string())
+        .collect();
+    tracing::info!(workers, cpus = %list.join(","), "workers bound to CPUs");
+    Some(cpus)
 }
 
 /// Checks that nobody listens on `addr` yet and resolves port 0, by binding
@@ -130,6 +165,7 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
     let mut sandbox = Sandbox::load(&source, &overrides)?;
     let grace = sandbox.timeouts.shutdown_grace.get();
     let workers = sandbox.workers;
+    let cpus = worker_cpus(sandbox.pin_workers, workers);
 
     let mut bound = Vec::new();
     let mut public = Vec::new();
@@ -137,8 +173,10 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         let bind_err = |addr, e| StartError::Bind { addr, source: e };
         let addr = probe_exclusive(l.addr).map_err(|e| bind_err(l.addr, e))?;
         let mut sockets = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            sockets.push(bind_reuseport(addr).map_err(|e| bind_err(addr, e))?);
+        // Popped from the end below: worker i takes the i-th from the end.
+        for worker in (0..workers).rev() {
+            let cpu = cpus.as_ref().map(|c| c[worker % c.len()].id);
+            sockets.push(bind_reuseport(addr, cpu).map_err(|e| bind_err(addr, e))?);
         }
         public.push((addr, l.tls.is_some()));
         bound.push(Bound {
@@ -180,6 +218,7 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
         let gateway = gateway.clone();
         let stop_rx = stop_rx.clone();
         let done_tx = done_tx.clone();
+        let cpu = cpus.as_ref().map(|c| c[worker % c.len()]);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -188,6 +227,11 @@ pub async fn start(source: Source, overrides: Overrides) -> Result<Running, Star
             .name(format!("sandgate-worker-{worker}"))
             .spawn(move || {
                 server::set_worker(worker);
+                if let Some(cpu) = cpu
+                    && !core_affinity::set_for_current(cpu)
+                {
+                    tracing::warn!(worker, cpu = cpu.id, "could not bind the worker to its CPU");
+                }
                 runtime.block_on(async move {
                     // Connections of this worker: the runtime must keep
                     // running until they have drained.

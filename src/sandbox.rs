@@ -106,6 +106,8 @@ pub struct Sandbox {
     pub admin_listen: SocketAddr,
     /// Threads serving the public listeners.
     pub workers: usize,
+    /// Whether the workers are bound to CPUs (`pin_workers`).
+    pub pin_workers: bool,
     /// Lifecycle rules of tenants.
     pub tenants: TenantsConfig,
     /// Sandbox API-key rules, when `auth` is configured.
@@ -487,6 +489,7 @@ impl Sandbox {
             listeners,
             admin_listen: overrides.admin_listen.unwrap_or(config.admin.listen),
             workers,
+            pin_workers: config.pin_workers,
             public_url,
             admin_token_sha256: std::env::var(&config.admin.token_env)
                 .ok()

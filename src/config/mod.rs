@@ -57,6 +57,11 @@ pub struct Config {
     /// its own `SO_REUSEPORT` socket (like nginx's workers). Default: the
     /// number of CPUs.
     pub workers: Option<std::num::NonZeroUsize>,
+    /// Binds worker i to the i-th CPU the process may run on (round robin),
+    /// its sockets asking the kernel for the connections whose packets that
+    /// CPU handles (`SO_INCOMING_CPU`). Default: `false`.
+    #[serde(default)]
+    pub pin_workers: bool,
     /// Usage events, their sinks, workflows, milestones and alerts
     /// (`crate::analytics::config`). Default: on, with no sinks.
     #[serde(default)]
