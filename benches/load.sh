@@ -11,6 +11,11 @@
 #   proxy     nginx `proxy_pass` (keepalive pool) -> the same upstream
 #
 # Usage: benches/load.sh   (env: DURATION=10s CONNECTIONS=50 THREADS=2 ROUNDS=3 WARMUP=2s)
+#
+# PIN_WORKERS=1 runs the sandbox that serves `facade` and `upstream` with
+# `pin_workers: true` and gives nginx its nearest equivalent
+# (`worker_cpu_affinity auto` and `reuseport` on every listen). The demo
+# (`facade_key`, `facade_jwt`) has no configuration file and stays unpinned.
 # Installs nginx and wrk with apt when missing. Everything listens on
 # 127.0.0.1 on ports the kernel picked; every process it starts is stopped on
 # exit (by PID, never by name).
@@ -26,6 +31,7 @@ CONNECTIONS=${CONNECTIONS:-50}
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2s}
+PIN_WORKERS=${PIN_WORKERS:-}
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 need=()
@@ -57,9 +63,14 @@ P_NGX=$(free_port); P_UP=$(free_port); P_PROXY=$(free_port)
 P_FACADE=$(free_port); P_FACADE_ADMIN=$(free_port); P_GWUP=$(free_port); P_GWUP_ADMIN=$(free_port)
 
 BODY='{"id":"cus_NffrFeUfNV2Hib","object":"customer","created":1767225600,"email":"jenny.rosen@example.com","name":"Jenny Rosen","description":null,"phone":null,"metadata":{},"livemode":false}'
+NGX_AFFINITY=""; NGX_REUSEPORT=""; SG_PIN=""
+if [ -n "$PIN_WORKERS" ]; then
+  NGX_AFFINITY="worker_cpu_affinity auto;"; NGX_REUSEPORT=" reuseport"; SG_PIN="pin_workers: true"
+fi
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx/nginx.conf" <<NGX
 worker_processes auto;
+$NGX_AFFINITY
 daemon off;
 pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log warn;
@@ -70,9 +81,9 @@ http {
   fastcgi_temp_path $WORK/nginx/fcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:$P_UP; keepalive 64; }
-  server { listen 127.0.0.1:$P_NGX; location / { default_type application/json; return 200 '$BODY'; } }
-  server { listen 127.0.0.1:$P_UP;  location / { default_type application/json; return 200 '$BODY'; } }
-  server { listen 127.0.0.1:$P_PROXY; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:$P_NGX$NGX_REUSEPORT; location / { default_type application/json; return 200 '$BODY'; } }
+  server { listen 127.0.0.1:$P_UP$NGX_REUSEPORT;  location / { default_type application/json; return 200 '$BODY'; } }
+  server { listen 127.0.0.1:$P_PROXY$NGX_REUSEPORT; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
 }
 NGX
 "$NGINX" -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" & PIDS+=($!)
@@ -83,6 +94,7 @@ listeners:
   - addr: 127.0.0.1:$P_GWUP
 admin:
   listen: 127.0.0.1:$P_GWUP_ADMIN
+$SG_PIN
 apis:
   - name: echo
     prefix: /echo
@@ -160,6 +172,7 @@ MEM=$(free -g | awk '/Mem:/{print $2" GiB"}')
 echo
 echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $COMMIT; machine: $(nproc) cores ($CPU), $MEM;"
 echo "load average at start: $LOAD_AT_START; client: wrk -t$THREADS -c$CONNECTIONS -d$DURATION (HTTP/1.1 keep-alive),"
+[ -n "$PIN_WORKERS" ] && echo "PIN_WORKERS=1: facade and upstream with pin_workers: true; nginx with worker_cpu_affinity auto and reuseport; the demo rows unpinned;"
 echo "$ROUNDS interleaved rounds after a $WARMUP warm-up, means shown; servers and client share the $(nproc) cores."
 echo
 declare -A LABEL=([facade]="sandgate facade, public API" [facade_key]="sandgate facade, API key (demo)" [facade_jwt]="sandgate facade, JWT (demo, built-in issuer)" [return200]="nginx \`return 200\`" [upstream]="sandgate upstream → nginx" [proxy]="nginx \`proxy_pass\` → nginx")
