@@ -39,7 +39,12 @@ impl Rate {
     }
 }
 
-type Limiter<C> = RateLimiter<Arc<str>, DashMapStateStore<Arc<str>>, C, StateInformationMiddleware>;
+/// Keys are tenant ids, which the gateway makes (not the caller), so the
+/// map hashes them with foldhash rather than SipHash.
+type Hasher = foldhash::fast::RandomState;
+
+type Limiter<C> =
+    RateLimiter<Arc<str>, DashMapStateStore<Arc<str>, Hasher>, C, StateInformationMiddleware>;
 
 /// One rule's limiter.
 pub struct RuleLimiter<C: Clock = MonotonicClock> {
@@ -72,8 +77,9 @@ impl<C: Clock + Clone> RuleLimiter<C> {
     /// rate's interval rounds to zero.
     pub fn with_clock(rate: Rate, clock: C) -> Option<Self> {
         let quota = rate.quota()?;
-        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone())
-            .with_middleware::<StateInformationMiddleware>();
+        let limiter =
+            RateLimiter::dashmap_with_clock_and_hasher(quota, clock.clone(), Hasher::default())
+                .with_middleware::<StateInformationMiddleware>();
         Some(RuleLimiter {
             rate,
             limiter,
