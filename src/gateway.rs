@@ -113,7 +113,13 @@ impl Handler for Gateway {
         let method = req.method().clone();
         let mut facts = RequestFacts {
             request_id: crate::edge::request_id(req.headers()),
-            trace: crate::trace::Recorder::new(&sandbox.traces),
+            trace: if sandbox.api_keys.is_some() {
+                crate::trace::Recorder::new(&sandbox.traces)
+            } else {
+                // Without `auth` no caller is ever identified, and only an
+                // identified caller's trace is kept: nothing to record.
+                crate::trace::Recorder::default()
+            },
             trace_context: crate::trace_context::TraceContext::from_headers(req.headers()),
             ..Default::default()
         };
