@@ -4,6 +4,7 @@
 //! graceful draining on shutdown.
 
 mod reset;
+pub mod timer;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -11,6 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -144,8 +146,14 @@ impl ConnSettings {
 
     fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut b = auto::Builder::new(TokioExecutor::new());
+        // On a worker thread, the header-read deadline armed for every
+        // request head stays out of tokio's timer wheel (see `timer`).
+        if worker_slot() != 0 {
+            b.http1().timer(timer::WorkerTimer);
+        } else {
+            b.http1().timer(TokioTimer::new());
+        }
         b.http1()
-            .timer(TokioTimer::new())
             .header_read_timeout(self.header_read)
             .max_headers(self.h1_max_headers)
             .max_buf_size(self.h1_max_buf)
@@ -247,6 +255,24 @@ pub async fn serve<H: Handler>(
     }
 }
 
+/// The waker the stop signal is polled with: it wakes the connection's task
+/// and records that the signal did.
+struct StopWake {
+    fired: AtomicBool,
+    task: std::task::Waker,
+}
+
+impl std::task::Wake for StopWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Relaxed);
+        self.task.wake_by_ref();
+    }
+}
+
 async fn serve_conn<I, H>(
     io: TokioIo<I>,
     info: Arc<ConnInfo>,
@@ -276,27 +302,54 @@ async fn serve_conn<I, H>(
     tokio::pin!(conn);
     let stopped = async { stop.wait_for(|s| *s).await.map(|_| ()) };
     tokio::pin!(stopped);
-    let early = tokio::select! {
-        r = conn.as_mut() => Some(r),
-        _ = stopped.as_mut() => {
-            conn.as_mut().graceful_shutdown();
-            Some(conn.as_mut().await)
+    // Polled by hand rather than with `select!`: the first-request deadline
+    // is dropped as soon as a request has arrived, instead of being polled
+    // on every wake-up of the connection for `header_read`.
+    let mut first_deadline = Some(Box::pin(tokio::time::sleep(settings.header_read)));
+    let mut draining = false;
+    let mut stop_waker: Option<Arc<StopWake>> = None;
+    let result = std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
         }
-        _ = tokio::time::sleep(settings.header_read) => None,
-    };
-    let result = match early {
-        Some(r) => r,
-        None if !first_request.load(Ordering::Relaxed) => {
-            tracing::debug!(remote = %info_remote, "no request head within header_read; closing");
-            return;
-        }
-        None => tokio::select! {
-            r = conn.as_mut() => r,
-            _ = stopped.as_mut() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+        if let Some(deadline) = &mut first_deadline {
+            if first_request.load(Ordering::Relaxed) {
+                first_deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
             }
-        },
+        }
+        // The stop signal is polled only when it woke the task (its own
+        // waker says so), not on every request of every connection.
+        if !draining {
+            let waker = match &stop_waker {
+                Some(w) if w.task.will_wake(cx.waker()) => w,
+                _ => stop_waker.insert(Arc::new(StopWake {
+                    fired: AtomicBool::new(true),
+                    task: cx.waker().clone(),
+                })),
+            };
+            if waker.fired.swap(false, Ordering::Relaxed) {
+                let w = std::task::Waker::from(waker.clone());
+                if stopped
+                    .as_mut()
+                    .poll(&mut std::task::Context::from_waker(&w))
+                    .is_ready()
+                {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                    if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    let Some(result) = result else {
+        tracing::debug!(remote = %info_remote, "no request head within header_read; closing");
+        return;
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
