@@ -89,10 +89,21 @@ fn random_id<const N: usize>() -> [u8; N] {
 impl TraceContext {
     /// A new trace, sampled, with the gateway's span as its root.
     pub fn new_root() -> Self {
+        // Both ids from one draw: one thread-local access per request.
+        let ids: [u8; 24] = random_id();
+        let (mut trace_id, mut span_id) = ([0u8; 16], [0u8; 8]);
+        trace_id.copy_from_slice(&ids[..16]);
+        span_id.copy_from_slice(&ids[16..]);
+        if trace_id == [0; 16] {
+            trace_id = random_id();
+        }
+        if span_id == [0; 8] {
+            span_id = random_id();
+        }
         Self {
-            trace_id: random_id(),
+            trace_id,
             parent_id: None,
-            span_id: random_id(),
+            span_id,
             flags: SAMPLED,
             state: None,
         }
