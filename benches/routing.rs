@@ -386,7 +386,7 @@ fn limit_benches(c: &mut Criterion) {
         burst: std::num::NonZeroU32::new(1_000_000).expect("nonzero"),
     };
     let limiter = RuleLimiter::new(rate).expect("limiter");
-    let tenant: std::sync::Arc<str> = std::sync::Arc::from("sbx_01bench");
+    let tenant = String::from("sbx_01bench");
     c.bench_function("limit/in-process rate decision (GCRA, keyed)", |b| {
         b.iter(|| limiter.check(black_box(&tenant)))
     });

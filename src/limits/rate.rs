@@ -9,7 +9,6 @@
 //! tenants active within one refill period.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock};
@@ -44,7 +43,7 @@ impl Rate {
 type Hasher = foldhash::fast::RandomState;
 
 type Limiter<C> =
-    RateLimiter<Arc<str>, DashMapStateStore<Arc<str>, Hasher>, C, StateInformationMiddleware>;
+    RateLimiter<String, DashMapStateStore<String, Hasher>, C, StateInformationMiddleware>;
 
 /// One rule's limiter.
 pub struct RuleLimiter<C: Clock = MonotonicClock> {
@@ -88,7 +87,7 @@ impl<C: Clock + Clone> RuleLimiter<C> {
     }
 
     /// Decides one request of `tenant`, counting it when allowed.
-    pub fn check(&self, tenant: &Arc<str>) -> Decision {
+    pub fn check(&self, tenant: &String) -> Decision {
         match self.limiter.check_key(tenant) {
             Ok(snapshot) => {
                 let remaining = snapshot.remaining_burst_capacity();
@@ -152,7 +151,7 @@ mod tests {
     fn a_burst_then_the_steady_rate() {
         let clock = FakeRelativeClock::default();
         let l = RuleLimiter::with_clock(rate(10, 1000, 20), clock.clone()).expect("limiter");
-        let t: Arc<str> = Arc::from("sbx_a");
+        let t = String::from("sbx_a");
         for i in 0..20 {
             match l.check(&t) {
                 Decision::Allowed { remaining, .. } => assert_eq!(remaining, 19 - i),
@@ -187,7 +186,7 @@ mod tests {
     fn tenants_are_independent_and_idle_ones_are_forgotten() {
         let clock = FakeRelativeClock::default();
         let l = RuleLimiter::with_clock(rate(1, 1000, 1), clock.clone()).expect("limiter");
-        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let (a, b) = (String::from("a"), String::from("b"));
         assert!(matches!(l.check(&a), Decision::Allowed { .. }));
         assert!(matches!(l.check(&a), Decision::Limited { .. }));
         assert!(matches!(l.check(&b), Decision::Allowed { .. }));
@@ -204,7 +203,7 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let l = RuleLimiter::with_clock(rate(10, 1000, 10), clock.clone()).expect("limiter");
         for i in 0..1_000_000u32 {
-            let t: Arc<str> = Arc::from(format!("sbx_{i}").as_str());
+            let t = format!("sbx_{i}");
             assert!(matches!(l.check(&t), Decision::Allowed { .. }));
         }
         assert_eq!(l.len(), 1_000_000);
@@ -221,7 +220,7 @@ mod tests {
     fn reset_is_when_the_burst_is_whole_again() {
         let clock = FakeRelativeClock::default();
         let l = RuleLimiter::with_clock(rate(5, 1000, 5), clock).expect("limiter");
-        let t: Arc<str> = Arc::from("t");
+        let t = String::from("t");
         let _ = l.check(&t);
         let _ = l.check(&t);
         assert_eq!(

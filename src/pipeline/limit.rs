@@ -164,10 +164,9 @@ async fn decide(
     // In process: rates, the standing after this request of the rule
     // closest to its limit, or the refusal.
     let mut nearest: Option<(&crate::limits::Rule, (u32, Duration))> = None;
-    let mut key: Option<Arc<str>> = None;
     for rule in plan.rules(&routed.api.name, operation) {
-        let key = key.get_or_insert_with(|| Arc::from(tenant.id.as_str()));
-        match rule.limiter.check(key) {
+        // Keyed by the tenant's own id: no key is built per request.
+        match rule.limiter.check(&tenant.id) {
             Decision::Allowed { remaining, reset } => {
                 nearest = closer(nearest, (rule, (remaining, reset)));
             }
