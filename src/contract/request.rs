@@ -684,15 +684,11 @@ fn path_params<'t, 'p>(template: &'t str, path: &'p str) -> Vec<(&'t str, Cow<'p
         path.trim_start_matches('/'),
     );
     let (tb, pb) = (template.as_bytes(), path.as_bytes());
-    if !tb.contains(&b'{') {
+    if memchr::memchr(b'{', tb).is_none() {
         return out;
     }
-    let next_slash = |b: &[u8], from: usize| {
-        b[from..]
-            .iter()
-            .position(|&c| c == b'/')
-            .map_or(b.len(), |n| from + n)
-    };
+    let next_slash =
+        |b: &[u8], from: usize| memchr::memchr(b'/', &b[from..]).map_or(b.len(), |n| from + n);
     let (mut ti, mut pi) = (0, 0);
     loop {
         let (te, pe) = (next_slash(tb, ti), next_slash(pb, pi));
@@ -717,7 +713,7 @@ fn path_params<'t, 'p>(template: &'t str, path: &'p str) -> Vec<(&'t str, Cow<'p
 }
 
 fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains('%') {
+    if memchr::memchr(b'%', s.as_bytes()).is_none() {
         return Cow::Borrowed(s);
     }
     let mut out = Vec::with_capacity(s.len());
