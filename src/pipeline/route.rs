@@ -57,6 +57,14 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 /// Refuses a request for a host this sandbox does not serve.
 pub fn check_host<B>(sb: &Sandbox, req: &Request<B>) -> Result<(), Refusal> {
     if !sb.hosts.is_empty() {
+        // The common case first, on the `Host` header's bytes: a served
+        // host, maybe with a port. Anything else takes the full parse.
+        if req.uri().authority().is_none()
+            && let Some(raw) = req.headers().get(header::HOST)
+            && sb.hosts.iter().any(|h| host_matches(raw.as_bytes(), h))
+        {
+            return Ok(());
+        }
         let host = request_host(req);
         if !host.is_some_and(|h| sb.hosts.iter().any(|s| s.eq_ignore_ascii_case(h))) {
             return Err(Refusal::MisdirectedHost {
@@ -66,6 +74,20 @@ pub fn check_host<B>(sb: &Sandbox, req: &Request<B>) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// Whether `raw` (a `Host` value) is `host`, in any case, with or without
+/// a numeric port.
+fn host_matches(raw: &[u8], host: &str) -> bool {
+    let Some((name, rest)) = raw.split_at_checked(host.len()) else {
+        return false;
+    };
+    name.eq_ignore_ascii_case(host.as_bytes())
+        && match rest.split_first() {
+            None => true,
+            Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+            Some(_) => false,
+        }
 }
 
 /// Resolves the request or refuses it.

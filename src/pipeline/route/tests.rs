@@ -151,6 +151,38 @@ fn unknown_operation_suggests_nearest_paths() {
 }
 
 #[test]
+fn host_fast_path_agrees_with_the_parse() {
+    let sb = sandbox();
+    for host in [
+        "localhost",
+        "LOCALHOST",
+        "localhost:8080",
+        "localhost:",
+        "localhost:80a",
+        "localhostx",
+        "localhos",
+        "[::1]:8080",
+        "evil.example.com",
+        "localhost.evil.com",
+        "",
+    ] {
+        let r = req("GET", host, "/pets/v1/pets");
+        let fast = sb
+            .hosts
+            .iter()
+            .any(|h| super::host_matches(host.as_bytes(), h));
+        let parsed =
+            request_host(&r).is_some_and(|h| sb.hosts.iter().any(|s| s.eq_ignore_ascii_case(h)));
+        // The fast path may only accept what the full parse accepts.
+        assert!(
+            !fast || parsed,
+            "{host:?}: fast path accepts, parse refuses"
+        );
+        assert_eq!(check_host(&sb, &r).is_ok(), parsed, "{host:?}");
+    }
+}
+
+#[test]
 fn host_parsing() {
     assert_eq!(request_host(&req("GET", "[::1]:8080", "/")), Some("::1"));
     assert_eq!(
