@@ -132,7 +132,7 @@ impl Handler for Gateway {
         let result = if req.body().is_end_stream() {
             pipeline::run(&sandbox, &self.registry, req, &conn, &mut facts).await
         } else {
-            tokio::time::timeout(
+            crate::server::timer::timeout(
                 sandbox.timeouts.request.get(),
                 pipeline::run(&sandbox, &self.registry, req, &conn, &mut facts),
             )

@@ -1,5 +1,6 @@
-//! The HTTP/1 header-read deadline on worker threads, without tokio's timer
-//! wheel.
+//! Per-request deadlines on worker threads, without tokio's timer wheel:
+//! hyper's HTTP/1 header-read deadline ([`WorkerTimer`]), an upstream
+//! exchange's and a request body's ([`timeout`]).
 //!
 //! hyper arms its header-read timer before every request head it reads on
 //! a keep-alive connection and drops it as soon as the head is parsed. With
@@ -43,6 +44,35 @@ impl hyper::rt::Timer for WorkerTimer {
         })
     }
 }
+
+/// `fut`, or [`TimedOut`] once `after` has passed. On a worker thread the
+/// deadline is one of the worker's own (see the module), elsewhere tokio's
+/// timer: per-request deadlines (an upstream exchange, a request body) stay
+/// out of tokio's timer wheel on the request path.
+pub async fn timeout<F: Future>(after: Duration, fut: F) -> Result<F::Output, TimedOut> {
+    if super::worker_slot() == 0 {
+        return tokio::time::timeout(after, fut).await.map_err(|_| TimedOut);
+    }
+    let mut deadline = Deadline {
+        deadline: Instant::now() + after,
+        slot: None,
+    };
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if Pin::new(&mut deadline).poll(cx).is_ready() {
+            return Poll::Ready(Err(TimedOut));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// A [`timeout`] passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedOut;
 
 /// One armed deadline. It takes a slot in its worker's slab on its first
 /// pending poll and gives it back when dropped.
@@ -265,6 +295,22 @@ mod tests {
         SLAB.with_borrow(|s| assert!(!s.ticking));
         // And starts again for a new deadline.
         WorkerTimer.sleep(Duration::from_millis(10)).await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn timeout_on_a_worker_thread_uses_the_worker_deadline() {
+        crate::server::set_worker(0);
+        let started = Instant::now();
+        let out = timeout(Duration::from_millis(100), std::future::pending::<()>()).await;
+        let took = started.elapsed();
+        assert_eq!(out, Err(TimedOut));
+        assert!(took >= Duration::from_millis(100), "early: {took:?}");
+        assert!(
+            took < Duration::from_millis(100) + TICK * 4,
+            "late: {took:?}"
+        );
+        SLAB.with_borrow(|s| assert_eq!(s.pending, 0, "its slot was given back"));
+        assert_eq!(timeout(Duration::from_secs(5), async { 7 }).await, Ok(7));
     }
 
     #[tokio::test(flavor = "current_thread")]

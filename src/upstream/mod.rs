@@ -316,7 +316,7 @@ impl Upstream {
 
         let api = || self.api.to_string();
         let sent = quanta::Instant::now();
-        let exchange = tokio::time::timeout(self.timeout, self.send(req)).await;
+        let exchange = crate::server::timer::timeout(self.timeout, self.send(req)).await;
         self.duration.record(sent.elapsed().as_secs_f64());
         let resp = match exchange {
             Err(_) => {
