@@ -16,7 +16,11 @@
 # half the connections each): on one node both hit it, in the cluster each
 # hits one replica. Prints a markdown table and the ratios for BENCHMARKS.md.
 #
-# Usage: benches/limits_load.sh   (env: DURATION=10s CONNECTIONS=50 ROUNDS=3 WARMUP=2s)
+# Usage: benches/limits_load.sh   (env: DURATION=10s CONNECTIONS=50 ROUNDS=3 WARMUP=2s;
+#        SETUPS="off on" to run only some set-ups; BIN=path to measure a
+#        binary built elsewhere instead of building the working tree;
+#        PLAN_YAML="..." for the plan body of `bench`, to cost one part
+#        of the limit stage alone, e.g. PLAN_YAML="concurrency: 10000")
 # Installs wrk and redis-server with apt when missing. Every process it
 # starts is stopped on exit (by PID, never by name).
 set -euo pipefail
@@ -36,10 +40,14 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo build --release --quiet
-BIN=target/release/sandgate
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
+if [ -n "${BIN:-}" ]; then
+  COMMIT="binary $BIN"
+else
+  cargo build --release --quiet
+  BIN=target/release/sandgate
+  git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -62,15 +70,16 @@ export SANDGATE_ADMIN_TOKEN=bench-admin-token
 P_REDIS=$(free_port)
 redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
 
-POLICY='plans:
-  bench:
-    rate: { requests: 10000000, per: 1s, burst: 10000000 }
+PLAN_YAML=${PLAN_YAML:-'rate: { requests: 10000000, per: 1s, burst: 10000000 }
     quotas:
       - { requests: 1000000000, per: day }
       - { requests: 1000000000, per: lifetime }
-    concurrency: 10000
+    concurrency: 10000'}
+POLICY="plans:
+  bench:
+    $PLAN_YAML
 default_plan: bench
-'
+"
 
 # sandbox NAME WORKERS STORE POLICY(yes|no): writes $WORK/NAME, prints "public admin" ports.
 sandbox() {
@@ -128,44 +137,67 @@ for t in off on cluster cluster_off; do
     [ "$code" = 200 ] || { echo "$t: $u answered $code" >&2; exit 1; }
   done
 done
-curl -s -D - -o /dev/null -H "Authorization: Bearer $K_ON" "${URL1[on]}" | grep -qi '^ratelimit-policy:' \
-  || { echo "limits are not on for 'on'" >&2; exit 1; }
+case "$PLAN_YAML" in *rate:*)
+  curl -s -D - -o /dev/null -H "Authorization: Bearer $K_ON" "${URL1[on]}" | grep -qi '^ratelimit-policy:' \
+    || { echo "limits are not on for 'on'" >&2; exit 1; } ;;
+esac
 
-# One wrk process: "rps p50_ms p99_ms errors".
+# One wrk process: "rps p50_ms p99_ms errors requests".
 one() {
   wrk -t1 -c"$((CONNECTIONS / 2))" -d"$DURATION" --latency -H "Authorization: Bearer $2" "$1" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /Requests\/sec/ { rps=$2 }
+    / requests in / { n=$1 }
     $1=="50%" { p50=ms($2) }
     $1=="99%" { p99=ms($2) }
     /Non-2xx or 3xx responses/ { err+=$NF }
     /Socket errors/ { gsub(/,/, ""); err+=$4+$6+$8+$10 }
-    END { printf "%.0f %.3f %.3f %d\n", rps, p50, p99, err }'
+    END { printf "%.0f %.3f %.3f %d %d\n", rps, p50, p99, err, n }'
 }
-# Two at once; sums the rates, takes the larger p50/p99, sums errors.
+# The gateway processes of a set-up.
+declare -A PROCS=([off]="off" [on]="on" [cluster]="c1 c2" [cluster_off]="d1 d2")
+# CPU time (user + system, clock ticks) the set-up's gateways have used.
+cpu_ticks() {
+  local total=0 name
+  for name in ${PROCS[$1]}; do
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$(cat "$WORK/$name/pid")/stat")))
+  done
+  echo "$total"
+}
+# Two at once; sums the rates, takes the larger p50/p99, sums errors, and
+# adds the gateways' CPU time per request (µs, user + system).
 run() {
+  local before after
+  before=$(cpu_ticks "$1")
   one "${URL1[$1]}" "${KEY[$1]}" > "$WORK/a" & local a=$!
   one "${URL2[$1]}" "${KEY[$1]}" > "$WORK/b" & local b=$!
   wait $a $b
-  paste -d' ' "$WORK/a" "$WORK/b" | awk '{ printf "%d %.3f %.3f %d\n", $1+$5, ($2>$6?$2:$6), ($3>$7?$3:$7), $4+$8 }'
+  after=$(cpu_ticks "$1")
+  paste -d' ' "$WORK/a" "$WORK/b" | awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" \
+    '{ printf "%d %.3f %.3f %d %.2f\n", $1+$6, ($2>$7?$2:$7), ($3>$8?$3:$8), $4+$9, ticks * 1e6 / hz / ($5+$10) }'
 }
 for t in off on cluster cluster_off; do
   wrk -t1 -c10 -d"$WARMUP" -H "Authorization: Bearer ${KEY[$t]}" "${URL1[$t]}" >/dev/null
   wrk -t1 -c10 -d"$WARMUP" -H "Authorization: Bearer ${KEY[$t]}" "${URL2[$t]}" >/dev/null
 done
 
-TARGETS=(off on cluster cluster_off)
-declare -A SUM_RPS SUM_P50 SUM_P99 ERRORS
-for t in "${TARGETS[@]}"; do SUM_RPS[$t]=0; SUM_P50[$t]=0; SUM_P99[$t]=0; ERRORS[$t]=0; done
+read -r -a TARGETS <<< "${SETUPS:-off on cluster cluster_off}"
+declare -A SUM_RPS SUM_P50 SUM_P99 SUM_CPU ERRORS ROUND_RPS
+for t in "${TARGETS[@]}"; do SUM_RPS[$t]=0; SUM_P50[$t]=0; SUM_P99[$t]=0; SUM_CPU[$t]=0; ERRORS[$t]=0; done
 for r in $(seq "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
-    read -r rps p50 p99 err < <(run "$t")
-    echo "round $r $t: $rps req/s p50 ${p50}ms p99 ${p99}ms errors $err" >&2
+    read -r rps p50 p99 err cpu < <(run "$t")
+    echo "round $r $t: $rps req/s p50 ${p50}ms p99 ${p99}ms errors $err, gateway CPU ${cpu} µs/request" >&2
+    SUM_CPU[$t]=$(python3 -c "print(${SUM_CPU[$t]}+$cpu)")
     ERRORS[$t]=$((ERRORS[$t] + err))
     SUM_RPS[$t]=$(python3 -c "print(${SUM_RPS[$t]}+$rps)")
     SUM_P50[$t]=$(python3 -c "print(${SUM_P50[$t]}+$p50)")
     SUM_P99[$t]=$(python3 -c "print(${SUM_P99[$t]}+$p99)")
+    ROUND_RPS[$t]=$rps
   done
+  if [ -n "${ROUND_RPS[off]:-}" ] && [ -n "${ROUND_RPS[on]:-}" ]; then
+    echo "round $r: limits cost $(python3 -c "print(f'{100 * (1 - ${ROUND_RPS[on]} / ${ROUND_RPS[off]}):.1f}')")%" >&2
+  fi
 done
 avg() { python3 -c "print(f'{$1/$ROUNDS:.3f}')"; }
 avg_int() { python3 -c "print(f'{$1/$ROUNDS:,.0f}')"; }
@@ -178,16 +210,20 @@ echo "load average at start: $LOAD_AT_START; client: 2 × wrk -t1 -c$((CONNECTIO
 echo "$ROUNDS interleaved rounds after a $WARMUP warm-up, means shown; servers, Redis and client share the $(nproc) cores."
 echo
 declare -A LABEL=([off]="one node, file store, limits off" [on]="one node, file store, limits on" [cluster]="two replicas + Redis, limits on" [cluster_off]="two replicas + Redis, limits off")
-echo "| set-up | req/s | p50 ms | p99 ms | errors |"
-echo "|---|---:|---:|---:|---:|"
+echo "| set-up | req/s | p50 ms | p99 ms | errors | gateway CPU µs/request |"
+echo "|---|---:|---:|---:|---:|---:|"
 for t in "${TARGETS[@]}"; do
-  echo "| ${LABEL[$t]} | $(avg_int ${SUM_RPS[$t]}) | $(avg ${SUM_P50[$t]}) | $(avg ${SUM_P99[$t]}) | ${ERRORS[$t]} |"
+  echo "| ${LABEL[$t]} | $(avg_int ${SUM_RPS[$t]}) | $(avg ${SUM_P50[$t]}) | $(avg ${SUM_P99[$t]}) | ${ERRORS[$t]} | $(avg ${SUM_CPU[$t]}) |"
 done
 echo
-python3 - "${SUM_RPS[off]}" "${SUM_RPS[on]}" "${SUM_RPS[cluster]}" "${SUM_RPS[cluster_off]}" <<'PY'
+python3 - "${SUM_RPS[off]:-0}" "${SUM_RPS[on]:-0}" "${SUM_RPS[cluster]:-0}" "${SUM_RPS[cluster_off]:-0}" "${SUM_CPU[off]:-0}" "${SUM_CPU[on]:-0}" <<'PY'
 import sys
-off, on, cl, cloff = map(float, sys.argv[1:])
-print(f"cost of in-process limits: {100 * (1 - on / off):.1f}% of throughput (target < 5%)")
-print(f"Redis-backed limits / in-process limits: {cl / on:.2f}x (target >= 0.70)")
-print(f"two replicas + Redis, limits on / off: {cl / cloff:.2f}x")
+off, on, cl, cloff, cpu_off, cpu_on = map(float, sys.argv[1:])
+if off and on:
+    print(f"cost of in-process limits: {100 * (1 - on / off):.1f}% of throughput (target < 5%)")
+    print(f"gateway CPU per request, limits on / off: {cpu_on / cpu_off:.3f}x")
+if on and cl:
+    print(f"Redis-backed limits / in-process limits: {cl / on:.2f}x (target >= 0.70)")
+if cl and cloff:
+    print(f"two replicas + Redis, limits on / off: {cl / cloff:.2f}x")
 PY

@@ -165,11 +165,6 @@ impl Handler for Gateway {
             resp.headers_mut()
                 .insert(pipeline::dry_run::X_DRY_RUN, marker);
         }
-        if let Some(slot) = facts.slot.take() {
-            resp = resp.map(|b| {
-                http_body_util::BodyExt::boxed(crate::limits::concurrency::Holding::new(b, slot))
-            });
-        }
         if let Some(standing) = facts.standing.take() {
             let h = resp.headers_mut();
             h.insert(pipeline::limit::RATELIMIT_POLICY, standing.policy);
@@ -202,12 +197,20 @@ impl Handler for Gateway {
         // analytics: one try_send to the background worker (never blocks).
         crate::analytics::observe(&sandbox, &facts, resp.status().as_u16(), code);
         // The decision trace: queued when the answer's body has gone out.
-        crate::trace::finish(
+        let resp = crate::trace::finish(
             self.registry.traces(),
             &sandbox,
             &mut facts,
             resp,
             started.elapsed(),
-        )
+        );
+        // The in-flight slot, unless the trace's tee holds it: given back
+        // when the body has been sent.
+        match facts.slot.take() {
+            Some(slot) => resp.map(|b| {
+                http_body_util::BodyExt::boxed(crate::limits::concurrency::Holding::new(b, slot))
+            }),
+            None => resp,
+        }
     }
 }

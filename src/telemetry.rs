@@ -4,10 +4,12 @@
 //! tenant, a path or a request id.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use thread_local::ThreadLocal;
 
 use crate::refusal::Refusal;
 
@@ -176,13 +178,24 @@ const LIMIT_OUTCOMES: [&str; 5] = [
     "limits_unavailable",
 ];
 
+/// The limit decisions each thread has made, by outcome, on cache lines of
+/// its own. A decision is made on every tenant request: one shared counter
+/// would be a line every worker writes every time. The counts are summed
+/// into `sandgate_limit_decisions_total` when the metrics are rendered
+/// ([`render_metrics`]), so every scrape sees them all.
+type Tallies = crate::limits::per_tenant::Padded<[AtomicU64; 5]>;
+static LIMIT_TALLIES: std::sync::LazyLock<ThreadLocal<Tallies>> =
+    std::sync::LazyLock::new(ThreadLocal::new);
+
 impl LimitDecided<'_> {
     /// Counts the decision.
     pub fn emit(&self) {
         let code = self.0.map_or("allowed", Refusal::code);
         let i = LIMIT_OUTCOMES.iter().position(|o| *o == code);
         match i {
-            Some(i) => LIMIT_DECISIONS[i].increment(1),
+            Some(i) => {
+                LIMIT_TALLIES.get_or_default()[i].fetch_add(1, Ordering::Relaxed);
+            }
             // A refusal the limit stage does not make itself (a store
             // failure reading the plan): counted under its own code.
             None => {
@@ -190,6 +203,23 @@ impl LimitDecided<'_> {
             }
         }
     }
+}
+
+/// The Prometheus text of every metric, with the counts the workers keep
+/// on their own lines (see `LIMIT_TALLIES`) summed in first; `None` when no
+/// recorder could be installed.
+pub fn render_metrics() -> Option<String> {
+    let handle = prometheus()?;
+    let mut sums = [0u64; 5];
+    for tallies in LIMIT_TALLIES.iter() {
+        for (sum, tally) in sums.iter_mut().zip(tallies.iter()) {
+            *sum += tally.load(Ordering::Relaxed);
+        }
+    }
+    for (counter, sum) in LIMIT_DECISIONS.iter().zip(sums) {
+        counter.absolute(sum);
+    }
+    Some(handle.render())
 }
 
 /// The configuration was (re)loaded, or a reload was refused.

@@ -228,9 +228,14 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 impl Registry {
     /// The tenants kept in `store`.
     pub fn new(store: SharedStore) -> Self {
+        // Quota counters and in-flight counts share each tenant's state.
+        let states = std::sync::Arc::<crate::limits::TenantStates>::default();
         Self {
-            quotas: std::sync::Arc::new(crate::limits::quota::Counters::new(store.clone())),
-            in_flight: std::sync::Arc::default(),
+            quotas: std::sync::Arc::new(crate::limits::quota::Counters::on(
+                store.clone(),
+                std::sync::Arc::clone(&states),
+            )),
+            in_flight: std::sync::Arc::new(crate::limits::concurrency::InFlight::on(states)),
             limit_batches: std::sync::Arc::default(),
             traces: crate::trace::Sink::new(),
             background: store.for_background().unwrap_or_else(|| store.clone()),

@@ -59,8 +59,8 @@ impl Handler for Admin {
                     )
                 }
             }
-            (&Method::GET, "/metrics") => match crate::telemetry::prometheus() {
-                Some(h) => text(StatusCode::OK, "text/plain; version=0.0.4", h.render()),
+            (&Method::GET, "/metrics") => match crate::telemetry::render_metrics() {
+                Some(rendered) => text(StatusCode::OK, "text/plain; version=0.0.4", rendered),
                 None => Refusal::Internal.into_response(&request_id),
             },
             (_, path)

@@ -3,121 +3,91 @@
 //! limit stage and given back when the response body has been sent (or
 //! dropped), so a slow streaming download holds its slot to the end.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-type Counts = HashMap<Arc<str>, Arc<AtomicU32>, foldhash::fast::RandomState>;
+use super::per_tenant::Handle;
+use super::{TenantState, TenantStates};
 
-/// Every tenant's requests in flight on this node: one counter per tenant,
-/// shared by the workers.
-///
-/// Each worker keeps the counters it used lately in a cache of its own, so
-/// taking a slot touches only the tenant's counter (one compare-and-swap;
-/// its cache line is the only one the workers share for it), not a map
-/// behind a lock. A counter stays in the map while it counts a request or a
-/// worker's cache holds it, so every worker always counts on the same one;
-/// [`InFlight::prune`] drops the others periodically.
-#[derive(Debug)]
-pub struct InFlight {
-    /// Tells this node's counters from another's in the workers' caches
-    /// (tests run several gateways in one process).
-    id: u64,
-    counts: Mutex<Counts>,
-}
-
-impl Default for InFlight {
-    fn default() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        InFlight {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            counts: Mutex::default(),
-        }
-    }
-}
-
-/// Most counters a worker keeps in its cache; when full, it starts over.
-const LOCAL_MAX: usize = 4096;
-
-/// A worker's counters: tenant → (owner's id, counter).
-type Local = HashMap<Box<str>, (u64, Arc<AtomicU32>), foldhash::fast::RandomState>;
-
-thread_local! {
-    static LOCAL: RefCell<Local> = RefCell::new(HashMap::default());
-}
+/// Every tenant's requests in flight on this node: one counter per tenant
+/// (in its [`TenantState`]), shared by the workers and reached through
+/// their own caches (see [`super::per_tenant::PerTenant`]), so taking a
+/// slot touches only the tenant's counter (one compare-and-swap), not a map
+/// behind a lock. [`InFlight::prune`] drops the state of idle tenants
+/// periodically.
+#[derive(Debug, Default)]
+pub struct InFlight(Arc<TenantStates>);
 
 /// A slot held by one request; given back on drop.
 #[derive(Debug)]
 pub struct Slot {
-    count: Arc<AtomicU32>,
+    state: Handle<TenantState>,
+}
+
+impl Slot {
+    /// The state of the tenant the slot is held for.
+    pub fn state(&self) -> &TenantState {
+        &self.state
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    /// The counters kept in `states` (shared with the node's quotas).
+    pub fn on(states: Arc<TenantStates>) -> Self {
+        InFlight(states)
     }
 
-    /// `tenant`'s counter, from this worker's cache or the shared map.
-    fn counter(&self, tenant: &str) -> Arc<AtomicU32> {
-        LOCAL.with(|local| {
-            let mut local = local.borrow_mut();
-            if let Some((id, count)) = local.get(tenant)
-                && *id == self.id
-            {
-                return Arc::clone(count);
-            }
-            let count = Arc::clone(
-                self.lock()
-                    .entry(Arc::from(tenant))
-                    .or_insert_with(|| Arc::new(AtomicU32::new(0))),
-            );
-            if local.len() >= LOCAL_MAX {
-                local.clear();
-            }
-            local.insert(Box::from(tenant), (self.id, Arc::clone(&count)));
-            count
-        })
+    /// `tenant`'s state, from this worker's cache: what
+    /// [`InFlight::acquire_on`] and the quota decision take.
+    pub fn state(&self, tenant: &str) -> Handle<TenantState> {
+        self.0.with(tenant, Arc::clone)
     }
 
     /// A slot for `tenant` when it has fewer than `max` requests in flight.
     pub fn acquire(&self, tenant: &str, max: u32) -> Option<Slot> {
-        let count = self.counter(tenant);
+        Self::acquire_on(self.state(tenant), max).ok()
+    }
+
+    /// A slot for the tenant of `state` when it has fewer than `max`
+    /// requests in flight: the slot keeps `state` (no second reference is
+    /// taken), and a refusal gives it back.
+    pub fn acquire_on(state: Handle<TenantState>, max: u32) -> Result<Slot, Handle<TenantState>> {
         // Compare-and-swap, never add-then-undo: a request over the cap
         // never shows as in flight, even for an instant, so it cannot make
         // another one look over the cap.
-        count
+        match state
+            .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(Slot { count })
+            }) {
+            Ok(_) => Ok(Slot { state }),
+            Err(_) => Err(state),
+        }
     }
 
     /// `tenant`'s requests in flight now.
     pub fn current(&self, tenant: &str) -> u32 {
-        self.lock()
+        self.0
             .get(tenant)
-            .map_or(0, |c| c.load(Ordering::Acquire))
+            .map_or(0, |s| s.in_flight.load(Ordering::Acquire))
     }
 
-    /// Forgets the counters of tenants with nothing in flight that no
-    /// worker's cache holds.
+    /// Forgets the state of tenants with nothing in flight and no quota
+    /// counter in memory that no worker's cache holds.
     pub fn prune(&self) {
-        self.lock()
-            .retain(|_, c| c.load(Ordering::Acquire) > 0 || Arc::strong_count(c) > 1);
+        self.0.prune(TenantState::is_idle);
     }
 
-    /// Empties the calling thread's cache (tests).
+    /// How many tenants have a state (tests).
     #[cfg(test)]
-    fn forget_local() {
-        LOCAL.with(|l| l.borrow_mut().clear());
+    fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -182,16 +152,14 @@ mod tests {
         let s3 = f.acquire(a, 2).expect("a slot came back");
         drop(s2);
         assert_eq!(f.current("a"), 1);
-        // Pruning keeps the counters a worker's cache holds...
+        // Pruning forgets only the tenants with nothing in flight (the
+        // sweep empties its own thread's cache first; what other workers'
+        // caches hold is kept, see `per_tenant`).
         f.prune();
-        assert_eq!(f.lock().len(), 2, "both are in this thread's cache");
-        // ...and otherwise forgets only the tenants with nothing in flight.
-        InFlight::forget_local();
-        f.prune();
-        assert_eq!(f.lock().len(), 1, "b is idle, a is not");
+        assert_eq!(f.len(), 1, "b is idle, a is not");
         drop(s3);
         f.prune();
-        assert!(f.lock().is_empty());
+        assert_eq!(f.len(), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod concurrency;
+pub mod per_tenant;
 pub mod quota;
 pub mod rate;
 
@@ -69,6 +70,30 @@ struct OperationPlanConfig {
     /// The rate of this operation's requests.
     rate: Option<RateConfig>,
 }
+
+/// What the in-process limits keep for one tenant on a node, besides its
+/// GCRA cells (one per rule, in the rules' limiters): its requests in
+/// flight and its quota counters, side by side. The limit stage finds both
+/// with one lookup, and they are the cache lines the workers share for the
+/// tenant's concurrency and quotas.
+#[derive(Debug, Default)]
+pub struct TenantState {
+    /// Requests in flight (`concurrency`).
+    in_flight: std::sync::atomic::AtomicU32,
+    /// Quota counters, under the tenant's own lock.
+    quotas: std::sync::Mutex<quota::Slots>,
+}
+
+impl TenantState {
+    /// Nothing in flight and no counter in memory: safe to forget.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0
+            && quota::lock(&self.quotas).is_empty()
+    }
+}
+
+/// Every tenant's [`TenantState`] on a node.
+pub type TenantStates = per_tenant::PerTenant<TenantState>;
 
 /// `{ requests: 1000, per: day }`.
 #[derive(Debug, Deserialize)]

@@ -1,21 +1,23 @@
 //! Quotas: requests per calendar period (UTC minute, hour, day, month) or
 //! per lifetime, counted per tenant.
 //!
-//! One node counts in memory under one lock, so a decision over all of a
-//! plan's quotas is atomic (every quota has room, then every counter is
-//! bumped, or nothing is), and writes the counts behind to the store every
-//! second and at shutdown, so they survive a restart with the `file` store.
-//! A counter not in memory yet is read from the store first.
+//! One node counts in memory, each tenant's counters under a lock of their
+//! own, so a decision over all of a plan's quotas is atomic (every quota
+//! has room, then every counter is bumped, or nothing is). The workers
+//! reach a tenant's counters through caches of their own (see
+//! [`PerTenant`]). The counts are written behind to the store every second
+//! and at shutdown, so they survive a restart with the `file` store. A
+//! counter not in memory yet is read from the store first.
 //!
 //! Keys: `t/<tenant>/quota/<period>/<window start, Unix seconds>`; each
 //! expires with its window (lifetime counters never do).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::{TenantState, TenantStates};
 use crate::store::{SharedStore, StoreError, keys};
 
 /// The period a quota counts over.
@@ -118,8 +120,8 @@ pub struct Usage {
 /// The outcome of a quota decision.
 #[derive(Debug)]
 pub enum Decision {
-    /// Counted; each quota's count after counting, in the order given.
-    Allowed(Vec<u64>),
+    /// Counted against every quota.
+    Allowed,
     /// Not counted: this quota has no room left.
     Exhausted(Usage),
 }
@@ -132,9 +134,13 @@ struct Counter {
     ends: u64,
 }
 
+/// A tenant's counters: inline for a plan's usual one or two quotas, so the
+/// lock and the counts a decision touches share the tenant's cache lines.
+pub(crate) type Slots = smallvec::SmallVec<[Slot; 2]>;
+
 /// One counter: a quota's period and the start of its current window.
 #[derive(Debug)]
-struct Slot {
+pub(crate) struct Slot {
     period: Period,
     start: u64,
     counter: Counter,
@@ -142,13 +148,14 @@ struct Slot {
 
 /// Every tenant's quota counters on this node.
 ///
-/// By tenant, then by (period, window start): a decision looks its
-/// counters up without building a key or allocating, under one lock. The
-/// store keys are built only to read a counter the first time and to write
-/// it behind.
+/// By tenant (reached through the workers' caches), then by (period,
+/// window start): a decision looks its counters up without building a key
+/// or allocating, under the tenant's own lock. The store keys are built
+/// only to read a counter the first time and to write it behind.
 pub struct Counters {
     store: SharedStore,
-    counts: Mutex<Tenants>,
+    /// Each tenant's state; its `quotas` are the counters.
+    counts: Arc<TenantStates>,
 }
 
 impl std::fmt::Debug for Counters {
@@ -157,42 +164,54 @@ impl std::fmt::Debug for Counters {
     }
 }
 
-/// Counters by tenant.
-type Tenants = HashMap<String, Vec<Slot>, foldhash::fast::RandomState>;
-
 /// The store key of `tenant`'s counter of `period` for the window starting at `start`.
 fn key(tenant: &str, period: Period, start: u64) -> String {
     keys::tenant_key(tenant, &format!("quota/{}/{start}", period.as_str()))
 }
 
-/// The counter of `period`'s window starting at `start`, if in memory.
-fn find(slots: &[Slot], period: Period, start: u64) -> Option<&Counter> {
+/// Where the counter of `period`'s window starting at `start` is, if in memory.
+fn find(slots: &[Slot], period: Period, start: u64) -> Option<usize> {
     slots
         .iter()
-        .find(|s| s.period == period && s.start == start)
-        .map(|s| &s.counter)
+        .position(|s| s.period == period && s.start == start)
 }
+
+/// A tenant's counters, locked.
+pub(crate) fn lock(slots: &Mutex<Slots>) -> MutexGuard<'_, Slots> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Most quotas a plan has: one per period.
+const MAX_QUOTAS: usize = 5;
 
 impl Counters {
     /// Counters kept in `store`.
     pub fn new(store: SharedStore) -> Counters {
+        Counters::on(store, Arc::default())
+    }
+
+    /// Counters kept in `store`, in memory in `states` (shared with the
+    /// node's in-flight counts).
+    pub fn on(store: SharedStore, states: Arc<TenantStates>) -> Counters {
         Counters {
             store,
-            counts: Mutex::default(),
+            counts: states,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Tenants> {
-        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on `tenant`'s counters, locked.
+    fn with<R>(&self, tenant: &str, f: impl FnOnce(&mut Slots) -> R) -> R {
+        self.counts
+            .with(tenant, |state| f(&mut lock(&state.quotas)))
     }
 
     /// Whether every counter of `tenant`'s `quotas` at `now` is in memory.
     fn loaded(&self, tenant: &str, quotas: &[Quota], now: u64) -> bool {
-        let counts = self.lock();
-        let slots = counts.get(tenant).map_or(&[][..], Vec::as_slice);
-        quotas.iter().all(|q| {
-            let (start, _) = q.period.window(now);
-            find(slots, q.period, start).is_some()
+        self.with(tenant, |slots| {
+            quotas.iter().all(|q| {
+                let (start, _) = q.period.window(now);
+                find(slots, q.period, start).is_some()
+            })
         })
     }
 
@@ -204,10 +223,7 @@ impl Counters {
         }
         for q in quotas {
             let (start, end) = q.period.window(now);
-            let present = self
-                .lock()
-                .get(tenant)
-                .is_some_and(|slots| find(slots, q.period, start).is_some());
+            let present = self.with(tenant, |slots| find(slots, q.period, start).is_some());
             if present {
                 continue;
             }
@@ -219,26 +235,25 @@ impl Counters {
                     .ok_or_else(|| StoreError::Corrupt(format!("quota counter `{k}`")))?,
                 None => 0,
             };
-            let mut counts = self.lock();
-            let slots = counts.entry(tenant.to_owned()).or_default();
-            if find(slots, q.period, start).is_none() {
-                slots.push(Slot {
-                    period: q.period,
-                    start,
-                    counter: Counter {
-                        count: stored,
-                        persisted: stored,
-                        ends: end,
-                    },
-                });
-            }
+            self.with(tenant, |slots| {
+                if find(slots, q.period, start).is_none() {
+                    slots.push(Slot {
+                        period: q.period,
+                        start,
+                        counter: Counter {
+                            count: stored,
+                            persisted: stored,
+                            ends: end,
+                        },
+                    });
+                }
+            });
         }
         Ok(())
     }
 
     /// Counts one request of `tenant` against every quota, or none when one
-    /// of them is full. `now` is Unix seconds. Allowed: each quota's count
-    /// after this request, in the order given.
+    /// of them is full. `now` is Unix seconds.
     pub async fn decide(
         &self,
         tenant: &str,
@@ -246,42 +261,32 @@ impl Counters {
         now: u64,
     ) -> Result<Decision, StoreError> {
         // Almost always the counters are in memory: one lock, no await.
-        if let Some(decided) = self.decide_loaded(tenant, quotas, now) {
+        let decided = self
+            .counts
+            .with(tenant, |state| decide_loaded(state, quotas, now));
+        if let Some(decided) = decided {
             return Ok(decided);
         }
         self.load(tenant, quotas, now).await?;
-        self.decide_loaded(tenant, quotas, now)
+        self.counts
+            .with(tenant, |state| decide_loaded(state, quotas, now))
             .ok_or_else(|| StoreError::Corrupt(format!("quota counters of `{tenant}` vanished")))
     }
 
-    /// [`Counters::decide`] when every counter it needs is in memory;
-    /// `None` (nothing counted) when one is not.
-    fn decide_loaded(&self, tenant: &str, quotas: &[Quota], now: u64) -> Option<Decision> {
-        let mut counts = self.lock();
-        let slots = counts.get_mut(tenant)?;
-        // Every quota first (nothing counted unless all have room)...
-        for q in quotas {
-            let (start, end) = q.period.window(now);
-            let used = find(slots, q.period, start)?.count;
-            if used >= q.requests {
-                return Some(Decision::Exhausted(Usage {
-                    quota: q.clone(),
-                    used,
-                    resets_at: (q.period != Period::Lifetime).then_some(end),
-                }));
-            }
+    /// [`Counters::decide`] for the tenant whose state (from
+    /// [`super::concurrency::InFlight::state`]) is `state`: no lookup when
+    /// its counters are in memory.
+    pub async fn decide_on(
+        &self,
+        state: &TenantState,
+        tenant: &str,
+        quotas: &[Quota],
+        now: u64,
+    ) -> Result<Decision, StoreError> {
+        match decide_loaded(state, quotas, now) {
+            Some(decided) => Ok(decided),
+            None => self.decide(tenant, quotas, now).await,
         }
-        // ...then each counted.
-        let mut after = Vec::with_capacity(quotas.len());
-        for q in quotas {
-            let (start, _) = q.period.window(now);
-            let slot = slots
-                .iter_mut()
-                .find(|s| s.period == q.period && s.start == start)?;
-            slot.counter.count += 1;
-            after.push(slot.counter.count);
-        }
-        Some(Decision::Allowed(after))
     }
 
     /// `tenant`'s standing against `quotas` at `now`, counting nothing.
@@ -312,24 +317,25 @@ impl Counters {
             return Ok(out);
         }
         self.load(tenant, quotas, now).await?;
-        let counts = self.lock();
-        let slots = counts.get(tenant).map_or(&[][..], Vec::as_slice);
-        Ok(quotas
-            .iter()
-            .map(|q| {
-                let (start, end) = q.period.window(now);
-                Usage {
-                    quota: q.clone(),
-                    used: find(slots, q.period, start).map_or(0, |c| c.count),
-                    resets_at: (q.period != Period::Lifetime).then_some(end),
-                }
-            })
-            .collect())
+        Ok(self.with(tenant, |slots| {
+            quotas
+                .iter()
+                .map(|q| {
+                    let (start, end) = q.period.window(now);
+                    Usage {
+                        quota: q.clone(),
+                        used: find(slots, q.period, start).map_or(0, |i| slots[i].counter.count),
+                        resets_at: (q.period != Period::Lifetime).then_some(end),
+                    }
+                })
+                .collect()
+        }))
     }
 
     /// Forgets every quota count of `tenant` (memory and store).
     pub async fn reset(&self, tenant: &str) -> Result<u64, StoreError> {
-        self.lock().remove(tenant);
+        // Emptied, not removed: the workers' caches keep counting on it.
+        self.with(tenant, |slots| slots.clear());
         self.store
             .delete_prefix(&keys::tenant_key(tenant, "quota/"))
             .await
@@ -339,30 +345,26 @@ impl Counters {
     /// windows that have ended. `now` is Unix seconds.
     pub async fn flush(&self, now: u64) -> Result<(), StoreError> {
         type Dirty = (String, Period, u64, u64, u64);
-        let dirty: Vec<Dirty> = {
-            let mut counts = self.lock();
-            counts.retain(|_, slots| {
-                slots.retain(|s| s.counter.ends > now || s.counter.count != s.counter.persisted);
-                !slots.is_empty()
-            });
-            counts
-                .iter()
-                .flat_map(|(tenant, slots)| {
-                    slots
-                        .iter()
-                        .filter(|s| s.counter.count != s.counter.persisted)
-                        .map(|s| {
-                            (
-                                tenant.clone(),
-                                s.period,
-                                s.start,
-                                s.counter.count,
-                                s.counter.ends,
-                            )
-                        })
-                })
-                .collect()
-        };
+        let mut dirty: Vec<Dirty> = Vec::new();
+        self.counts.for_each(|tenant, state| {
+            let mut slots = lock(&state.quotas);
+            slots.retain(|s| s.counter.ends > now || s.counter.count != s.counter.persisted);
+            slots.shrink_to_fit();
+            dirty.extend(
+                slots
+                    .iter()
+                    .filter(|s| s.counter.count != s.counter.persisted)
+                    .map(|s| {
+                        (
+                            tenant.to_owned(),
+                            s.period,
+                            s.start,
+                            s.counter.count,
+                            s.counter.ends,
+                        )
+                    }),
+            );
+        });
         for (tenant, period, start, count, ends) in dirty {
             let ttl =
                 (ends != u64::MAX).then(|| Duration::from_secs(ends.saturating_sub(now) + 60));
@@ -373,24 +375,52 @@ impl Counters {
                     ttl,
                 )
                 .await?;
-            let mut counts = self.lock();
-            if let Some(slots) = counts.get_mut(&tenant) {
-                if let Some(s) = slots
-                    .iter_mut()
-                    .find(|s| s.period == period && s.start == start)
-                {
-                    s.counter.persisted = s.counter.persisted.max(count);
+            self.with(&tenant, |slots| {
+                if let Some(i) = find(slots, period, start) {
+                    let s = &mut slots[i].counter;
+                    s.persisted = s.persisted.max(count);
                 }
                 if ends <= now {
                     slots.retain(|s| !(s.period == period && s.start == start));
                 }
-                if slots.is_empty() {
-                    counts.remove(&tenant);
-                }
-            }
+            });
         }
+        self.counts.prune(TenantState::is_idle);
         Ok(())
     }
+}
+
+/// [`Counters::decide`] when every counter it needs is in `state`'s
+/// memory; `None` (nothing counted) when one is not.
+fn decide_loaded(state: &TenantState, quotas: &[Quota], now: u64) -> Option<Decision> {
+    let mut slots = lock(&state.quotas);
+    // Every quota first (nothing counted unless all have room)...
+    let mut at = [0usize; MAX_QUOTAS];
+    for (i, q) in quotas.iter().enumerate() {
+        let (start, end) = q.period.window(now);
+        let slot = find(&slots, q.period, start)?;
+        let used = slots[slot].counter.count;
+        if used >= q.requests {
+            return Some(Decision::Exhausted(Usage {
+                quota: q.clone(),
+                used,
+                resets_at: (q.period != Period::Lifetime).then_some(end),
+            }));
+        }
+        if let Some(a) = at.get_mut(i) {
+            *a = slot;
+        }
+    }
+    // ...then each counted (a plan has at most one quota per period, so
+    // `at` holds them all; a longer list is looked up again).
+    for (i, q) in quotas.iter().enumerate() {
+        let slot = match at.get(i) {
+            Some(&slot) => slot,
+            None => find(&slots, q.period, q.period.window(now).0)?,
+        };
+        slots[slot].counter.count += 1;
+    }
+    Some(Decision::Allowed)
 }
 
 #[cfg(test)]
@@ -431,7 +461,10 @@ mod tests {
         let now = 1_795_425_342;
         for i in 1..=3 {
             match c.decide("sbx_a", &quotas, now).await.expect("decide") {
-                Decision::Allowed(u) => assert_eq!((u[0], u[1]), (i, i)),
+                Decision::Allowed => {
+                    let u = c.usage("sbx_a", &quotas, now).await.expect("usage");
+                    assert_eq!((u[0].used, u[1].used), (i, i));
+                }
                 d => panic!("{d:?}"),
             }
         }
@@ -450,7 +483,7 @@ mod tests {
         for _ in 0..2 {
             assert!(matches!(
                 c.decide("sbx_a", &quotas, tomorrow).await.expect("decide"),
-                Decision::Allowed(_)
+                Decision::Allowed
             ));
         }
         match c.decide("sbx_a", &quotas, tomorrow).await.expect("decide") {

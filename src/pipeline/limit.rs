@@ -39,22 +39,33 @@ fn seconds_up(d: Duration) -> u64 {
     if d.subsec_nanos() > 0 { s + 1 } else { s }
 }
 
-/// Checks `principal`'s plan for a request of `routed`, and puts where the
-/// tenant stands (allowed or refused) in `standing`; it stays `None` when
-/// the tenant's plan sets no rate for the request. Every decision is
-/// counted (`sandgate_limit_decisions_total{outcome}`).
+/// Checks `principal`'s plan for a request of `routed` at `now` (Unix
+/// seconds, real time: quota windows), and puts where the tenant stands
+/// (allowed or refused) in `standing`; it stays `None` when the tenant's
+/// plan sets no rate for the request. Every decision is counted
+/// (`sandgate_limit_decisions_total{outcome}`).
 pub async fn limit(
     sandbox: &Sandbox,
     registry: &crate::tenants::Registry,
     routed: &Routed<'_>,
     principal: &Principal,
+    now: u64,
     standing_out: &mut Option<Standing>,
     slot_out: &mut Option<crate::limits::concurrency::Slot>,
 ) -> Result<(), Refusal> {
     if sandbox.plans.plans.is_empty() {
         return Ok(());
     }
-    let decided = decide(sandbox, registry, routed, principal, standing_out, slot_out).await;
+    let decided = decide(
+        sandbox,
+        registry,
+        routed,
+        principal,
+        now,
+        standing_out,
+        slot_out,
+    )
+    .await;
     crate::telemetry::LimitDecided(decided.as_ref().err()).emit();
     decided
 }
@@ -64,6 +75,7 @@ async fn decide(
     registry: &crate::tenants::Registry,
     routed: &Routed<'_>,
     principal: &Principal,
+    now: u64,
     standing_out: &mut Option<Standing>,
     slot_out: &mut Option<crate::limits::concurrency::Slot>,
 ) -> Result<(), Refusal> {
@@ -81,11 +93,18 @@ async fn decide(
         .as_ref()
         .zip(routed.operation)
         .map(|(c, i)| c.operations[i].id.as_str());
+    let redis = registry.store().as_redis();
+    // The tenant's in-flight count and (in process) quota counters, found
+    // once; a slot keeps them.
+    let mut state = (plan.concurrency.is_some() || (redis.is_none() && !plan.quotas.is_empty()))
+        .then(|| registry.in_flight().state(&tenant.id));
     // Concurrency first: a request with no slot spends no allowance.
-    if let Some(max) = plan.concurrency {
-        match registry.in_flight().acquire(&tenant.id, max) {
-            Some(slot) => *slot_out = Some(slot),
-            None => {
+    if let Some(max) = plan.concurrency
+        && let Some(held) = state.take()
+    {
+        match crate::limits::concurrency::InFlight::acquire_on(held, max) {
+            Ok(slot) => *slot_out = Some(slot),
+            Err(_) => {
                 return Err(Refusal::TooManyInFlight {
                     tenant: tenant.id.clone(),
                     plan: plan.name.clone(),
@@ -115,9 +134,8 @@ async fn decide(
         period: usage.quota.period,
         resets_at: usage.resets_at,
     };
-    let now = crate::tenants::now_secs();
     // With the Redis store: rates and quotas in one script, one round trip.
-    if let Some(redis) = registry.store().as_redis() {
+    if let Some(redis) = redis {
         let rules: Vec<&crate::limits::Rule> = plan.rules(&routed.api.name, operation).collect();
         if rules.is_empty() && plan.quotas.is_empty() {
             return Ok(());
@@ -181,12 +199,26 @@ async fn decide(
     if plan.quotas.is_empty() {
         return Ok(());
     }
-    match registry
-        .quotas()
-        .decide(&tenant.id, &plan.quotas, now)
-        .await
-    {
-        Ok(QuotaDecision::Allowed(_)) => Ok(()),
+    let held = slot_out
+        .as_ref()
+        .map(crate::limits::concurrency::Slot::state)
+        .or(state.as_deref().map(|s| &s.0));
+    let decided = match held {
+        Some(state) => {
+            registry
+                .quotas()
+                .decide_on(state, &tenant.id, &plan.quotas, now)
+                .await
+        }
+        None => {
+            registry
+                .quotas()
+                .decide(&tenant.id, &plan.quotas, now)
+                .await
+        }
+    };
+    match decided {
+        Ok(QuotaDecision::Allowed) => Ok(()),
         Ok(QuotaDecision::Exhausted(usage)) => Err(exhausted(usage)),
         Err(e) => store_failed(sandbox, registry, &e),
     }

@@ -147,10 +147,13 @@ pub async fn run(
         Some(p) => facts.trace.identified(p, &req, registry.traces()),
         None => facts.trace.anonymous(),
     }
+    // Real time (Unix seconds), read once for the stages that need it:
+    // admit (expiry) and limit (quota windows).
+    let now = principal.as_ref().map(|_| crate::tenants::now_secs());
     // admit: the tenant's sandbox is active and includes this API.
     facts.trace.enter("admit");
     if let Some(p) = &principal {
-        admit::admit(routed.api, p, crate::tenants::now_secs())?;
+        admit::admit(routed.api, p, now.unwrap_or_default())?;
         facts.tenant = Some(p.tenant.clone());
         facts.login_method = Some(p.via);
         facts.trace.note_admitted();
@@ -187,6 +190,7 @@ pub async fn run(
             registry,
             &routed,
             p,
+            now.unwrap_or_default(),
             &mut facts.standing,
             &mut facts.slot,
         )

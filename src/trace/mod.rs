@@ -548,7 +548,9 @@ fn last4(s: &str) -> &str {
 /// The respond step's part: when the request's trace is kept, turns the
 /// recorder into a pending record and wraps the answer's body so that its
 /// first `max_body` bytes are copied and the record is queued when the body
-/// ends (or is dropped). Otherwise the answer passes untouched.
+/// ends (or is dropped); the wrapper then also holds the request's
+/// in-flight slot (`facts.slot`, taken). Otherwise the answer passes
+/// untouched.
 pub fn finish(
     sink: &Sink,
     sandbox: &Sandbox,
@@ -604,7 +606,8 @@ pub fn finish(
         max_body: rec.max_body,
         scrubber: sandbox.traces.scrubber.clone(),
     };
-    tee::wrap(sink.clone(), pending, resp)
+    // The tee holds the in-flight slot too: one body wrapper, not two.
+    tee::wrap(sink.clone(), pending, resp, facts.slot.take())
 }
 
 /// What answered, as the facade's headers name it.

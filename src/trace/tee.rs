@@ -13,6 +13,7 @@ use http_body_util::BodyExt;
 
 use super::{Pending, Sink};
 use crate::body::{Body, BoxError};
+use crate::limits::concurrency::Slot;
 
 /// Queues the pending trace once (on end, error or drop).
 struct Submit {
@@ -49,11 +50,14 @@ impl Drop for Submit {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that copies its first bytes into a trace.
+    /// A response body that copies its first bytes into a trace, and holds
+    /// the request's in-flight slot (if its plan caps concurrency) until
+    /// it ends: one wrapper for both.
     struct Tee {
         #[pin]
         inner: Body,
         submit: Submit,
+        slot: Option<Slot>,
     }
 }
 
@@ -76,10 +80,17 @@ impl http_body::Body for Tee {
                 // see the end (and look the trace up).
                 if this.inner.is_end_stream() {
                     this.submit.done(true);
+                    this.slot.take();
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.submit.done(false),
-            Poll::Ready(None) => this.submit.done(true),
+            Poll::Ready(Some(Err(_))) => {
+                this.submit.done(false);
+                this.slot.take();
+            }
+            Poll::Ready(None) => {
+                this.submit.done(true);
+                this.slot.take();
+            }
             Poll::Pending => {}
         }
         polled
@@ -94,9 +105,15 @@ impl http_body::Body for Tee {
     }
 }
 
-/// `resp` with its body teed into `pending`. A body that has already ended
-/// (empty) queues the trace at once.
-pub(super) fn wrap(sink: Sink, pending: Pending, resp: Response<Body>) -> Response<Body> {
+/// `resp` with its body teed into `pending`, holding `slot` until it ends.
+/// A body that has already ended (empty) queues the trace, and gives the
+/// slot back, at once.
+pub(super) fn wrap(
+    sink: Sink,
+    pending: Pending,
+    resp: Response<Body>,
+    slot: Option<Slot>,
+) -> Response<Body> {
     let mut submit = Submit {
         pending: Some(Box::new(pending)),
         sink,
@@ -105,5 +122,12 @@ pub(super) fn wrap(sink: Sink, pending: Pending, resp: Response<Body>) -> Respon
         submit.done(true);
         return resp;
     }
-    resp.map(|inner| Tee { inner, submit }.boxed())
+    resp.map(|inner| {
+        Tee {
+            inner,
+            submit,
+            slot,
+        }
+        .boxed()
+    })
 }
