@@ -274,19 +274,11 @@ impl Counters {
     }
 
     /// [`Counters::decide`] for the tenant whose state (from
-    /// [`super::concurrency::InFlight::state`]) is `state`: no lookup when
-    /// its counters are in memory.
-    pub async fn decide_on(
-        &self,
-        state: &TenantState,
-        tenant: &str,
-        quotas: &[Quota],
-        now: u64,
-    ) -> Result<Decision, StoreError> {
-        match decide_loaded(state, quotas, now) {
-            Some(decided) => Ok(decided),
-            None => self.decide(tenant, quotas, now).await,
-        }
+    /// [`super::concurrency::InFlight::state`]) is `state`, when every
+    /// counter it needs is in memory: no lookup, no await. `None` (nothing
+    /// counted) when one is not; [`Counters::decide`] reads it.
+    pub fn decide_in_memory(state: &TenantState, quotas: &[Quota], now: u64) -> Option<Decision> {
+        decide_loaded(state, quotas, now)
     }
 
     /// `tenant`'s standing against `quotas` at `now`, counting nothing.

@@ -14,7 +14,9 @@ use http::HeaderValue;
 
 use super::identify::Principal;
 use super::route::Routed;
+use crate::limits::TenantState;
 use crate::limits::cluster::Outcome;
+use crate::limits::per_tenant::Handle;
 use crate::limits::quota::Decision as QuotaDecision;
 use crate::limits::rate::Decision;
 use crate::refusal::Refusal;
@@ -53,33 +55,10 @@ pub async fn limit(
     standing_out: &mut Option<Standing>,
     slot_out: &mut Option<crate::limits::concurrency::Slot>,
 ) -> Result<(), Refusal> {
-    if sandbox.plans.plans.is_empty() {
+    let plans = &sandbox.plans;
+    if plans.plans.is_empty() {
         return Ok(());
     }
-    let decided = decide(
-        sandbox,
-        registry,
-        routed,
-        principal,
-        now,
-        standing_out,
-        slot_out,
-    )
-    .await;
-    crate::telemetry::LimitDecided(decided.as_ref().err()).emit();
-    decided
-}
-
-async fn decide(
-    sandbox: &Sandbox,
-    registry: &crate::tenants::Registry,
-    routed: &Routed<'_>,
-    principal: &Principal,
-    now: u64,
-    standing_out: &mut Option<Standing>,
-    slot_out: &mut Option<crate::limits::concurrency::Slot>,
-) -> Result<(), Refusal> {
-    let plans = &sandbox.plans;
     let tenant = &principal.tenant;
     let Some(plan) = plans
         .get(&tenant.plan)
@@ -87,139 +66,213 @@ async fn decide(
     else {
         return Ok(());
     };
-    let operation = routed
-        .api
-        .contract
-        .as_ref()
-        .zip(routed.operation)
-        .map(|(c, i)| c.operations[i].id.as_str());
-    let redis = registry.store().as_redis();
-    // The tenant's in-flight count and (in process) quota counters, found
-    // once; a slot keeps them.
-    let mut state = (plan.concurrency.is_some() || (redis.is_none() && !plan.quotas.is_empty()))
-        .then(|| registry.in_flight().state(&tenant.id));
-    // Concurrency first: a request with no slot spends no allowance.
-    if let Some(max) = plan.concurrency
-        && let Some(held) = state.take()
-    {
+    let ask = Ask {
+        registry,
+        routed,
+        tenant,
+        plan,
+        now,
+    };
+    let decided = match registry.store().as_redis() {
+        Some(redis) => cluster(sandbox, redis, &ask, standing_out, slot_out).await,
+        // In memory the decision is synchronous, unless the tenant's quota
+        // counters are not in memory yet (the first request of a window,
+        // or after a restart): then they are read from the store first.
+        None => match in_memory(&ask, standing_out, slot_out) {
+            Ok(decided) => decided,
+            Err(NotLoaded) => match registry
+                .quotas()
+                .decide(&tenant.id, &plan.quotas, now)
+                .await
+            {
+                Ok(QuotaDecision::Allowed) => Ok(()),
+                Ok(QuotaDecision::Exhausted(usage)) => Err(exhausted(&ask, usage)),
+                Err(e) => store_failed(sandbox, registry, &e),
+            },
+        },
+    };
+    crate::telemetry::LimitDecided(decided.as_ref().err()).emit();
+    decided
+}
+
+/// One request's limit decision: whose, under which plan, and when.
+struct Ask<'a> {
+    registry: &'a crate::tenants::Registry,
+    routed: &'a Routed<'a>,
+    tenant: &'a crate::tenants::Tenant,
+    plan: &'a Arc<crate::limits::Plan>,
+    now: u64,
+}
+
+impl Ask<'_> {
+    /// The operation id, when the API has a contract and it matched one.
+    fn operation(&self) -> Option<&str> {
+        self.routed
+            .api
+            .contract
+            .as_ref()
+            .zip(self.routed.operation)
+            .map(|(c, i)| c.operations[i].id.as_str())
+    }
+
+    /// A slot, when the plan caps requests in flight; `state` is the
+    /// tenant's (the slot keeps it).
+    fn concurrency(
+        &self,
+        state: &mut Option<Handle<TenantState>>,
+        slot_out: &mut Option<crate::limits::concurrency::Slot>,
+    ) -> Result<(), Refusal> {
+        let (Some(max), Some(held)) = (self.plan.concurrency, state.take()) else {
+            return Ok(());
+        };
         match crate::limits::concurrency::InFlight::acquire_on(held, max) {
-            Ok(slot) => *slot_out = Some(slot),
-            Err(_) => {
-                return Err(Refusal::TooManyInFlight {
-                    tenant: tenant.id.clone(),
-                    plan: plan.name.clone(),
-                    max,
-                });
+            Ok(slot) => {
+                *slot_out = Some(slot);
+                Ok(())
             }
+            Err(_) => Err(Refusal::TooManyInFlight {
+                tenant: self.tenant.id.clone(),
+                plan: self.plan.name.clone(),
+                max,
+            }),
         }
     }
-    let limited = |rule: &crate::limits::Rule, retry_after: Duration| {
-        let rate = rule.limiter.rate;
-        Refusal::RateLimited {
-            tenant: tenant.id.clone(),
-            plan: plan.name.clone(),
-            scope: rule.scope,
-            rule: rule.path.clone(),
-            requests: rate.requests.get(),
-            per: rate.per,
-            burst: rate.burst.get(),
-            retry_after: seconds_up(retry_after).max(1),
-        }
-    };
-    let exhausted = |usage: crate::limits::quota::Usage| Refusal::QuotaExhausted {
-        tenant: tenant.id.clone(),
-        plan: plan.name.clone(),
+}
+
+/// 429 `rate_limited` by `rule`.
+fn limited(ask: &Ask<'_>, rule: &crate::limits::Rule, retry_after: Duration) -> Refusal {
+    let rate = rule.limiter.rate;
+    Refusal::RateLimited {
+        tenant: ask.tenant.id.clone(),
+        plan: ask.plan.name.clone(),
+        scope: rule.scope,
+        rule: rule.path.clone(),
+        requests: rate.requests.get(),
+        per: rate.per,
+        burst: rate.burst.get(),
+        retry_after: seconds_up(retry_after).max(1),
+    }
+}
+
+/// 429 `quota_exhausted`, for `usage`.
+fn exhausted(ask: &Ask<'_>, usage: crate::limits::quota::Usage) -> Refusal {
+    Refusal::QuotaExhausted {
+        tenant: ask.tenant.id.clone(),
+        plan: ask.plan.name.clone(),
         rule: usage.quota.path.clone(),
         requests: usage.quota.requests,
         period: usage.quota.period,
         resets_at: usage.resets_at,
-    };
-    // With the Redis store: rates and quotas in one script, one round trip.
-    if let Some(redis) = redis {
-        let rules: Vec<&crate::limits::Rule> = plan.rules(&routed.api.name, operation).collect();
-        if rules.is_empty() && plan.quotas.is_empty() {
-            return Ok(());
-        }
-        // Requests of this tenant against these rules are decided in
-        // batches while a decision for them is in flight. The key names
-        // the rules (the most specific one's path implies the others) of
-        // this very plan: a reload makes new plans, so a batch never mixes
-        // a rule's old rate with its new one.
-        let key = format!(
-            "{}\0{}@{:p}\0{}",
-            tenant.id,
-            plan.name,
-            Arc::as_ptr(plan),
-            rules.first().map_or("", |r| r.path.as_str())
-        );
-        let spec = || crate::limits::cluster::Spec {
-            tenant: tenant.id.clone(),
-            rules: rules
-                .iter()
-                .map(|r| (r.path.clone(), r.limiter.rate))
-                .collect(),
-            quotas: plan.quotas.clone(),
-        };
-        return match registry.limit_batches().decide(redis, &key, spec).await {
-            Ok(Outcome::Allowed(each)) => {
-                *standing_out = closest(rules.iter().copied().zip(each));
-                Ok(())
-            }
-            Ok(Outcome::Limited { index, retry_after }) => {
-                let Some(rule) = rules.get(index) else {
-                    return Err(Refusal::Internal);
-                };
-                *standing_out = Some(standing(rule, 0, retry_after));
-                Err(limited(rule, retry_after))
-            }
-            Ok(Outcome::Exhausted { usage, rates }) => {
-                *standing_out = closest(rules.iter().copied().zip(rates));
-                Err(exhausted(usage))
-            }
-            Err(e) => store_failed(sandbox, registry, &e),
-        };
     }
-    // In process: rates, the standing after this request of the rule
-    // closest to its limit, or the refusal.
+}
+
+/// The tenant's quota counters are not in memory: read them, then decide
+/// the quotas (the rates and the slot are decided already).
+struct NotLoaded;
+
+/// The decision in this process: the slot, the rates (the standing of the
+/// rule closest to its limit, or the refusal), then the quotas.
+fn in_memory(
+    ask: &Ask<'_>,
+    standing_out: &mut Option<Standing>,
+    slot_out: &mut Option<crate::limits::concurrency::Slot>,
+) -> Result<Result<(), Refusal>, NotLoaded> {
+    let plan = ask.plan;
+    // The tenant's in-flight count and quota counters, found once; a slot
+    // keeps them.
+    let mut state = (plan.concurrency.is_some() || !plan.quotas.is_empty())
+        .then(|| ask.registry.in_flight().state(&ask.tenant.id));
+    // Concurrency first: a request with no slot spends no allowance.
+    if let Err(refused) = ask.concurrency(&mut state, slot_out) {
+        return Ok(Err(refused));
+    }
     let mut nearest: Option<(&crate::limits::Rule, (u32, Duration))> = None;
-    for rule in plan.rules(&routed.api.name, operation) {
+    for rule in plan.rules(&ask.routed.api.name, ask.operation()) {
         // Keyed by the tenant's own id: no key is built per request.
-        match rule.limiter.check(&tenant.id) {
+        match rule.limiter.check(&ask.tenant.id) {
             Decision::Allowed { remaining, reset } => {
                 nearest = closer(nearest, (rule, (remaining, reset)));
             }
             Decision::Limited { retry_after } => {
                 *standing_out = Some(standing(rule, 0, retry_after));
-                return Err(limited(rule, retry_after));
+                return Ok(Err(limited(ask, rule, retry_after)));
             }
         }
     }
     *standing_out = nearest.map(|(rule, (remaining, reset))| standing(rule, remaining, reset));
     // Quotas, after the rates: a request refused for its rate is not counted.
     if plan.quotas.is_empty() {
-        return Ok(());
+        return Ok(Ok(()));
     }
     let held = slot_out
         .as_ref()
         .map(crate::limits::concurrency::Slot::state)
         .or(state.as_deref().map(|s| &s.0));
-    let decided = match held {
-        Some(state) => {
-            registry
-                .quotas()
-                .decide_on(state, &tenant.id, &plan.quotas, now)
-                .await
-        }
-        None => {
-            registry
-                .quotas()
-                .decide(&tenant.id, &plan.quotas, now)
-                .await
-        }
+    let Some(state) = held else {
+        return Err(NotLoaded);
     };
-    match decided {
-        Ok(QuotaDecision::Allowed) => Ok(()),
-        Ok(QuotaDecision::Exhausted(usage)) => Err(exhausted(usage)),
+    match crate::limits::quota::Counters::decide_in_memory(state, &plan.quotas, ask.now) {
+        Some(QuotaDecision::Allowed) => Ok(Ok(())),
+        Some(QuotaDecision::Exhausted(usage)) => Ok(Err(exhausted(ask, usage))),
+        None => Err(NotLoaded),
+    }
+}
+
+/// The decision with the Redis store: the slot in this process, then the
+/// rates and quotas in one script, one round trip.
+async fn cluster(
+    sandbox: &Sandbox,
+    redis: &crate::store::RedisStore,
+    ask: &Ask<'_>,
+    standing_out: &mut Option<Standing>,
+    slot_out: &mut Option<crate::limits::concurrency::Slot>,
+) -> Result<(), Refusal> {
+    let (registry, tenant, plan) = (ask.registry, ask.tenant, ask.plan);
+    let mut state = plan
+        .concurrency
+        .map(|_| registry.in_flight().state(&tenant.id));
+    ask.concurrency(&mut state, slot_out)?;
+    let rules: Vec<&crate::limits::Rule> =
+        plan.rules(&ask.routed.api.name, ask.operation()).collect();
+    if rules.is_empty() && plan.quotas.is_empty() {
+        return Ok(());
+    }
+    // Requests of this tenant against these rules are decided in batches
+    // while a decision for them is in flight. The key names the rules (the
+    // most specific one's path implies the others) of this very plan: a
+    // reload makes new plans, so a batch never mixes a rule's old rate with
+    // its new one.
+    let key = format!(
+        "{}\0{}@{:p}\0{}",
+        tenant.id,
+        plan.name,
+        Arc::as_ptr(plan),
+        rules.first().map_or("", |r| r.path.as_str())
+    );
+    let spec = || crate::limits::cluster::Spec {
+        tenant: tenant.id.clone(),
+        rules: rules
+            .iter()
+            .map(|r| (r.path.clone(), r.limiter.rate))
+            .collect(),
+        quotas: plan.quotas.clone(),
+    };
+    match registry.limit_batches().decide(redis, &key, spec).await {
+        Ok(Outcome::Allowed(each)) => {
+            *standing_out = closest(rules.iter().copied().zip(each));
+            Ok(())
+        }
+        Ok(Outcome::Limited { index, retry_after }) => {
+            let Some(rule) = rules.get(index) else {
+                return Err(Refusal::Internal);
+            };
+            *standing_out = Some(standing(rule, 0, retry_after));
+            Err(limited(ask, rule, retry_after))
+        }
+        Ok(Outcome::Exhausted { usage, rates }) => {
+            *standing_out = closest(rules.iter().copied().zip(rates));
+            Err(exhausted(ask, usage))
+        }
         Err(e) => store_failed(sandbox, registry, &e),
     }
 }
