@@ -330,22 +330,45 @@ fn store_failed(
 fn standing(rule: &crate::limits::Rule, remaining: u32, reset: Duration) -> Standing {
     // `"<scope>";r=<remaining>;t=<seconds>`, without `format!`: this is on
     // every tenant answer.
-    let mut out = [0u8; 64];
-    let mut len = 0;
-    let mut put = |part: &[u8]| {
-        out[len..len + part.len()].copy_from_slice(part);
-        len += part.len();
+    let mut out = Text {
+        buf: [0u8; 64],
+        len: 0,
     };
     let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
-    put(b"\"");
-    put(rule.scope.as_str().as_bytes());
-    put(b"\";r=");
-    put(r.format(remaining).as_bytes());
-    put(b";t=");
-    put(t.format(seconds_up(reset)).as_bytes());
+    out.put(b"\"");
+    out.put(rule.scope.as_str().as_bytes());
+    out.put(b"\";r=");
+    out.put(r.format(remaining).as_bytes());
+    out.put(b";t=");
+    out.put(t.format(seconds_up(reset)).as_bytes());
     Standing {
         policy: rule.policy.clone(),
-        limit: HeaderValue::from_bytes(&out[..len])
+        // Owned by one allocation that clones share (the decision trace
+        // copies the answer's headers): a plain copy would be copied, then
+        // promoted to a shared buffer by that first clone.
+        limit: HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
             .unwrap_or_else(|_| HeaderValue::from_static("\"plan\"")),
+    }
+}
+
+/// A `RateLimit` value being written: at most 64 bytes (the scope, a `u32`
+/// and a `u64` with their separators take under 50).
+struct Text {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl Text {
+    fn put(&mut self, part: &[u8]) {
+        if let Some(room) = self.buf.get_mut(self.len..self.len + part.len()) {
+            room.copy_from_slice(part);
+            self.len += part.len();
+        }
+    }
+}
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
