@@ -185,7 +185,13 @@ read -r -a TARGETS <<< "${SETUPS:-off on cluster cluster_off}"
 declare -A SUM_RPS SUM_P50 SUM_P99 SUM_CPU ERRORS ROUND_RPS
 for t in "${TARGETS[@]}"; do SUM_RPS[$t]=0; SUM_P50[$t]=0; SUM_P99[$t]=0; SUM_CPU[$t]=0; ERRORS[$t]=0; done
 for r in $(seq "$ROUNDS"); do
-  for t in "${TARGETS[@]}"; do
+  # Every other round runs the set-ups in reverse order, so neither is
+  # always the one that runs first (after the other's connections close).
+  ORDER=("${TARGETS[@]}")
+  if [ $((r % 2)) -eq 0 ]; then
+    ORDER=(); for ((i = ${#TARGETS[@]} - 1; i >= 0; i--)); do ORDER+=("${TARGETS[i]}"); done
+  fi
+  for t in "${ORDER[@]}"; do
     read -r rps p50 p99 err cpu < <(run "$t")
     echo "round $r $t: $rps req/s p50 ${p50}ms p99 ${p99}ms errors $err, gateway CPU ${cpu} µs/request" >&2
     SUM_CPU[$t]=$(python3 -c "print(${SUM_CPU[$t]}+$cpu)")
@@ -207,7 +213,7 @@ MEM=$(free -g | awk '/Mem:/{print $2" GiB"}')
 echo
 echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $COMMIT; machine: $(nproc) cores ($CPU), $MEM;"
 echo "load average at start: $LOAD_AT_START; client: 2 × wrk -t1 -c$((CONNECTIONS / 2)) -d$DURATION (HTTP/1.1 keep-alive),"
-echo "$ROUNDS interleaved rounds after a $WARMUP warm-up, means shown; servers, Redis and client share the $(nproc) cores."
+echo "$ROUNDS interleaved rounds (every other one in reverse order) after a $WARMUP warm-up, means shown; servers, Redis and client share the $(nproc) cores."
 echo
 declare -A LABEL=([off]="one node, file store, limits off" [on]="one node, file store, limits on" [cluster]="two replicas + Redis, limits on" [cluster_off]="two replicas + Redis, limits off")
 echo "| set-up | req/s | p50 ms | p99 ms | errors | gateway CPU µs/request |"

@@ -386,7 +386,8 @@ fn limit_benches(c: &mut Criterion) {
         burst: std::num::NonZeroU32::new(1_000_000).expect("nonzero"),
     };
     let limiter = RuleLimiter::new(rate).expect("limiter");
-    let tenant = String::from("sbx_01bench");
+    let states = sandgate::limits::TenantStates::default();
+    let tenant = states.with("sbx_01bench", sandgate::limits::per_tenant::Handle::clone);
     c.bench_function("limit/in-process rate decision (GCRA, keyed)", |b| {
         b.iter(|| limiter.check(black_box(&tenant)))
     });

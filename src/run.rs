@@ -447,14 +447,15 @@ async fn sweep_expired(gateway: Arc<Gateway>) {
     }
 }
 
-/// Every minute, drops the rate-limiter state of tenants idle long enough
-/// to have their whole burst back, and the in-flight counts of tenants with
-/// nothing in flight, so memory follows the active tenants.
+/// Every minute, forgets the limit state (GCRA cells, in-flight count,
+/// quota counters) of tenants with nothing in flight, no quota counter in
+/// memory and every burst whole again, so memory follows the active
+/// tenants.
 async fn forget_idle_limits(gateway: Arc<Gateway>) {
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-        gateway.sandbox().plans.retain_recent();
-        gateway.registry().in_flight().prune();
+        let now = gateway.sandbox().plans.rule_times();
+        gateway.registry().in_flight().prune(&now);
     }
 }
 

@@ -190,9 +190,12 @@ static LIMIT_TALLIES: std::sync::LazyLock<ThreadLocal<Tallies>> =
 impl LimitDecided<'_> {
     /// Counts the decision.
     pub fn emit(&self) {
-        let code = self.0.map_or("allowed", Refusal::code);
-        let i = LIMIT_OUTCOMES.iter().position(|o| *o == code);
-        match i {
+        let Some(refusal) = self.0 else {
+            LIMIT_TALLIES.get_or_default()[0].fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let code = refusal.code();
+        match LIMIT_OUTCOMES.iter().position(|o| *o == code) {
             Some(i) => {
                 LIMIT_TALLIES.get_or_default()[i].fetch_add(1, Ordering::Relaxed);
             }

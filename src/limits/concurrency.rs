@@ -26,7 +26,7 @@ pub struct Slot {
 
 impl Slot {
     /// The state of the tenant the slot is held for.
-    pub fn state(&self) -> &TenantState {
+    pub fn state(&self) -> &Handle<TenantState> {
         &self.state
     }
 }
@@ -46,7 +46,7 @@ impl InFlight {
     /// `tenant`'s state, from this worker's cache: what
     /// [`InFlight::acquire_on`] and the quota decision take.
     pub fn state(&self, tenant: &str) -> Handle<TenantState> {
-        self.0.with(tenant, Arc::clone)
+        self.0.with(tenant, Handle::clone)
     }
 
     /// A slot for `tenant` when it has fewer than `max` requests in flight.
@@ -78,10 +78,11 @@ impl InFlight {
             .map_or(0, |s| s.in_flight.load(Ordering::Acquire))
     }
 
-    /// Forgets the state of tenants with nothing in flight and no quota
-    /// counter in memory that no worker's cache holds.
-    pub fn prune(&self) {
-        self.0.prune(TenantState::is_idle);
+    /// Forgets the state of tenants that no worker's cache holds with
+    /// nothing in flight, no quota counter in memory and every burst whole
+    /// again at `now` (see [`TenantState::is_idle`]).
+    pub fn prune(&self, now: &super::rate::RuleTimes) {
+        self.0.prune(|s| s.is_idle(now));
     }
 
     /// How many tenants have a state (tests).
@@ -155,10 +156,10 @@ mod tests {
         // Pruning forgets only the tenants with nothing in flight (the
         // sweep empties its own thread's cache first; what other workers'
         // caches hold is kept, see `per_tenant`).
-        f.prune();
+        f.prune(&super::super::rate::RuleTimes::default());
         assert_eq!(f.len(), 1, "b is idle, a is not");
         drop(s3);
-        f.prune();
+        f.prune(&super::super::rate::RuleTimes::default());
         assert_eq!(f.len(), 0);
     }
 

@@ -71,24 +71,35 @@ struct OperationPlanConfig {
     rate: Option<RateConfig>,
 }
 
-/// What the in-process limits keep for one tenant on a node, besides its
-/// GCRA cells (one per rule, in the rules' limiters): its requests in
-/// flight and its quota counters, side by side. The limit stage finds both
-/// with one lookup, and they are the cache lines the workers share for the
-/// tenant's concurrency and quotas.
+/// What the in-process limits keep for one tenant on a node: its requests
+/// in flight, its GCRA cells (one per rate rule it uses) and its quota
+/// counters, side by side. The limit stage finds them with one lookup (or
+/// none: the worker's credential cache keeps the tenant's handle), and they
+/// are the cache lines the workers share for the tenant.
+///
+/// The counters a request changes without a lock (the in-flight count, the
+/// GCRA cells) come first, and the quota counters, under the tenant's own
+/// lock, sit on cache lines of their own after them: a worker changing the
+/// former never takes the line of the lock from another that holds it,
+/// which would make the other wait on the lock, not on a cache line.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub struct TenantState {
     /// Requests in flight (`concurrency`).
     in_flight: std::sync::atomic::AtomicU32,
+    /// GCRA cells, by rule.
+    rates: rate::TenantCells,
     /// Quota counters, under the tenant's own lock.
-    quotas: std::sync::Mutex<quota::Slots>,
+    quotas: per_tenant::Padded<std::sync::Mutex<quota::Slots>>,
 }
 
 impl TenantState {
-    /// Nothing in flight and no counter in memory: safe to forget.
-    fn is_idle(&self) -> bool {
+    /// Nothing in flight, no counter in memory, every burst whole again at
+    /// `now` (each rule's time): safe to forget.
+    pub fn is_idle(&self, now: &rate::RuleTimes) -> bool {
         self.in_flight.load(std::sync::atomic::Ordering::Acquire) == 0
             && quota::lock(&self.quotas).is_empty()
+            && self.rates.is_whole(now)
     }
 }
 
@@ -313,11 +324,14 @@ impl Plans {
         })
     }
 
-    /// Drops limiter state of tenants idle long enough to be whole again.
-    pub fn retain_recent(&self) {
+    /// The time now on the clock of every rule, for
+    /// [`TenantState::is_idle`].
+    pub fn rule_times(&self) -> rate::RuleTimes {
+        let mut times = rate::RuleTimes::default();
         for rule in self.rules() {
-            rule.limiter.retain_recent();
+            times.add(&rule.limiter);
         }
+        times
     }
 
     /// Keeps the limiter state of `previous` for every rule that has the

@@ -1,20 +1,21 @@
 //! Per-tenant limit state that every worker of a node shares, reached
 //! through a cache of each worker's own.
 //!
-//! Every in-process limit keeps one small value per tenant: the requests in
-//! flight, a rate rule's GCRA cell, the quota counters. The workers must
-//! share it (a tenant's requests land on any worker, and the limits are
-//! exact), but they need not share the map that finds it. A
+//! The in-process limits keep one small value per tenant (its
+//! [`super::TenantState`]: the requests in flight, the GCRA cells, the
+//! quota counters). The workers must share it (a tenant's requests land on
+//! any worker, and the limits are exact), but they need not share the map
+//! that finds it. A
 //! [`PerTenant`] keeps its values in one map behind a lock, and each worker
 //! keeps the values it used lately in a cache of its own (a `ThreadLocal`
 //! of the map, freed with it); a request looks its tenant up there, so the
 //! only memory the workers share for it is the value itself, not a map's
 //! lock or a shard's, nor a reference count.
 //!
-//! Each value sits alone in its own 128 bytes ([`Padded`]): the workers
-//! write it on every request, and a neighbour sharing its cache line (any
-//! small allocation of the thread that made it) would bounce between the
-//! cores with it.
+//! Each value sits alone on cache lines of its own, aligned to 128 bytes
+//! ([`Padded`]): the workers write it on every request, and a neighbour
+//! sharing its line (any small allocation of the thread that made it)
+//! would bounce between the cores with it.
 //!
 //! A value stays in the shared map while a worker's cache holds it, so every
 //! worker always works on the same one; [`PerTenant::prune`] drops the
@@ -56,7 +57,44 @@ pub type Shared<T> = Arc<Padded<T>>;
 /// request keeps past the lookup (an in-flight slot). Cloning it counts on
 /// the worker's own allocation, never on the shared value's reference
 /// count, which would be another line bouncing between the cores.
-pub type Handle<T> = Arc<Shared<T>>;
+///
+/// Two handles are equal when they reach the same value (the rate
+/// limiters key their decisions by it: see [`super::rate`]).
+pub struct Handle<T>(Arc<Shared<T>>);
+
+impl<T> Clone for Handle<T> {
+    fn clone(&self) -> Self {
+        Handle(Arc::clone(&self.0))
+    }
+}
+
+impl<T> std::ops::Deref for Handle<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0.0
+    }
+}
+
+impl<T> PartialEq for Handle<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for Handle<T> {}
+
+impl<T> std::hash::Hash for Handle<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&*self.0), state);
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.0.fmt(f)
+    }
+}
 
 /// One worker's cache of a [`PerTenant`]: tenant → value. Padded, so the
 /// caches of two workers (neighbours in the `ThreadLocal`) never share a
@@ -109,14 +147,14 @@ impl<T: Default + Send + Sync> PerTenant<T> {
     /// this worker's cache.
     #[cold]
     fn cache(&self, local: &Local<T>, tenant: &str) -> Handle<T> {
-        let value = Arc::new(Arc::clone(
+        let value = Handle(Arc::new(Arc::clone(
             self.lock().entry(Arc::from(tenant)).or_default(),
-        ));
+        )));
         if let Ok(mut local) = local.try_borrow_mut() {
             if local.len() >= LOCAL_MAX {
                 local.clear();
             }
-            local.insert(Box::from(tenant), Arc::clone(&value));
+            local.insert(Box::from(tenant), value.clone());
         }
         value
     }

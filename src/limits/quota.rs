@@ -377,7 +377,6 @@ impl Counters {
                 }
             });
         }
-        self.counts.prune(TenantState::is_idle);
         Ok(())
     }
 }

@@ -51,7 +51,14 @@ pub struct Principal {
     pub scopes: Arc<[String]>,
     /// How it was proved.
     pub via: Via,
+    /// The tenant's in-process limit state on this node (requests in
+    /// flight, quota counters), when the worker's credential cache had it at
+    /// hand: the limit stage then finds it without a lookup.
+    pub limit_state: Option<LimitState>,
 }
+
+/// A worker's handle to a tenant's limit state.
+pub type LimitState = crate::limits::per_tenant::Handle<crate::limits::TenantState>;
 
 /// The `X-Api-Key` header (a name made once, not parsed per lookup).
 pub const X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
@@ -165,6 +172,7 @@ async fn identify_credential(
             tenant,
             scopes: Arc::from([]),
             via: Via::ApiKey,
+            limit_state: None,
         },
         None,
     ))
@@ -232,6 +240,7 @@ async fn identify_jwt(
             client: Arc::from(token.client.as_str()),
             scopes: Arc::from(token.scopes.as_slice()),
             via: Via::Jwt,
+            limit_state: None,
         },
         Some(token.exp),
     ))
@@ -261,6 +270,7 @@ async fn identify_mtls(
         tenant: Arc::new(tenant),
         scopes: Arc::from([]),
         via: Via::Mtls,
+        limit_state: None,
     })
 }
 
@@ -363,6 +373,9 @@ mod local {
                 client: Arc::from(&*principal.client),
                 scopes: Arc::from(&*principal.scopes),
                 via: principal.via,
+                // Found once per entry, not on every hit.
+                limit_state: (!sandbox.plans.plans.is_empty())
+                    .then(|| registry.in_flight().state(&principal.tenant.id)),
             },
             generation: registry.generation(),
             until: Instant::now() + TTL,

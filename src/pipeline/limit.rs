@@ -69,6 +69,7 @@ pub async fn limit(
     let ask = Ask {
         registry,
         routed,
+        principal,
         tenant,
         plan,
         now,
@@ -99,6 +100,7 @@ pub async fn limit(
 struct Ask<'a> {
     registry: &'a crate::tenants::Registry,
     routed: &'a Routed<'a>,
+    principal: &'a Principal,
     tenant: &'a crate::tenants::Tenant,
     plan: &'a Arc<crate::limits::Plan>,
     now: u64,
@@ -122,7 +124,10 @@ impl Ask<'_> {
         state: &mut Option<Handle<TenantState>>,
         slot_out: &mut Option<crate::limits::concurrency::Slot>,
     ) -> Result<(), Refusal> {
-        let (Some(max), Some(held)) = (self.plan.concurrency, state.take()) else {
+        let Some(max) = self.plan.concurrency else {
+            return Ok(());
+        };
+        let Some(held) = state.take() else {
             return Ok(());
         };
         match crate::limits::concurrency::InFlight::acquire_on(held, max) {
@@ -178,18 +183,27 @@ fn in_memory(
     slot_out: &mut Option<crate::limits::concurrency::Slot>,
 ) -> Result<Result<(), Refusal>, NotLoaded> {
     let plan = ask.plan;
-    // The tenant's in-flight count and quota counters, found once; a slot
+    // The tenant's in-flight count, GCRA cells and quota counters, found
+    // once (or held already by the worker's credential cache); a slot
     // keeps them.
-    let mut state = (plan.concurrency.is_some() || !plan.quotas.is_empty())
-        .then(|| ask.registry.in_flight().state(&ask.tenant.id));
+    let mut state = Some(
+        ask.principal
+            .limit_state
+            .clone()
+            .unwrap_or_else(|| ask.registry.in_flight().state(&ask.tenant.id)),
+    );
     // Concurrency first: a request with no slot spends no allowance.
     if let Err(refused) = ask.concurrency(&mut state, slot_out) {
         return Ok(Err(refused));
     }
+    let held = match (slot_out.as_ref(), state.as_ref()) {
+        (Some(slot), _) => slot.state(),
+        (None, Some(state)) => state,
+        (None, None) => return Ok(Err(Refusal::Internal)),
+    };
     let mut nearest: Option<(&crate::limits::Rule, (u32, Duration))> = None;
     for rule in plan.rules(&ask.routed.api.name, ask.operation()) {
-        // Keyed by the tenant's own id: no key is built per request.
-        match rule.limiter.check(&ask.tenant.id) {
+        match rule.limiter.check(held) {
             Decision::Allowed { remaining, reset } => {
                 nearest = closer(nearest, (rule, (remaining, reset)));
             }
@@ -204,14 +218,7 @@ fn in_memory(
     if plan.quotas.is_empty() {
         return Ok(Ok(()));
     }
-    let held = slot_out
-        .as_ref()
-        .map(crate::limits::concurrency::Slot::state)
-        .or(state.as_deref().map(|s| &s.0));
-    let Some(state) = held else {
-        return Err(NotLoaded);
-    };
-    match crate::limits::quota::Counters::decide_in_memory(state, &plan.quotas, ask.now) {
+    match crate::limits::quota::Counters::decide_in_memory(held, &plan.quotas, ask.now) {
         Some(QuotaDecision::Allowed) => Ok(Ok(())),
         Some(QuotaDecision::Exhausted(usage)) => Ok(Err(exhausted(ask, usage))),
         None => Err(NotLoaded),
@@ -228,9 +235,12 @@ async fn cluster(
     slot_out: &mut Option<crate::limits::concurrency::Slot>,
 ) -> Result<(), Refusal> {
     let (registry, tenant, plan) = (ask.registry, ask.tenant, ask.plan);
-    let mut state = plan
-        .concurrency
-        .map(|_| registry.in_flight().state(&tenant.id));
+    let mut state = plan.concurrency.map(|_| {
+        ask.principal
+            .limit_state
+            .clone()
+            .unwrap_or_else(|| registry.in_flight().state(&tenant.id))
+    });
     ask.concurrency(&mut state, slot_out)?;
     let rules: Vec<&crate::limits::Rule> =
         plan.rules(&ask.routed.api.name, ask.operation()).collect();
@@ -328,27 +338,62 @@ fn store_failed(
 }
 
 fn standing(rule: &crate::limits::Rule, remaining: u32, reset: Duration) -> Standing {
-    // `"<scope>";r=<remaining>;t=<seconds>`, without `format!`: this is on
-    // every tenant answer.
-    let mut out = Text {
-        buf: [0u8; 64],
-        len: 0,
-    };
-    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
-    out.put(b"\"");
-    out.put(rule.scope.as_str().as_bytes());
-    out.put(b"\";r=");
-    out.put(r.format(remaining).as_bytes());
-    out.put(b";t=");
-    out.put(t.format(seconds_up(reset)).as_bytes());
     Standing {
         policy: rule.policy.clone(),
+        limit: rate_limit_value(rule.scope, remaining, seconds_up(reset)),
+    }
+}
+
+/// The `RateLimit` value `"<scope>";r=<remaining>;t=<seconds>`.
+///
+/// A tenant well under its limits gets the same value answer after answer
+/// (its burst stays whole but for the request itself), so each worker keeps
+/// the last value it made for each scope and hands that one out again: a
+/// clone counts on the worker's own allocation, where writing and
+/// allocating a new value is most of what the limit stage costs a request.
+fn rate_limit_value(scope: crate::limits::Scope, remaining: u32, t: u64) -> HeaderValue {
+    type Last = [Option<(u32, u64, HeaderValue)>; 3];
+    thread_local! {
+        static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new([None, None, None]) };
+    }
+    let made = || {
+        // Without `format!`: this is on every tenant answer whose standing
+        // changed.
+        let mut out = Text {
+            buf: [0u8; 64],
+            len: 0,
+        };
+        let (mut r, mut s) = (itoa::Buffer::new(), itoa::Buffer::new());
+        out.put(b"\"");
+        out.put(scope.as_str().as_bytes());
+        out.put(b"\";r=");
+        out.put(r.format(remaining).as_bytes());
+        out.put(b";t=");
+        out.put(s.format(t).as_bytes());
         // Owned by one allocation that clones share (the decision trace
         // copies the answer's headers): a plain copy would be copied, then
         // promoted to a shared buffer by that first clone.
-        limit: HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"plan\"")),
-    }
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"plan\""))
+    };
+    let i = scope as usize;
+    LAST.try_with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return made();
+        };
+        let Some(entry) = last.get_mut(i) else {
+            return made();
+        };
+        match entry {
+            Some((r, s, value)) if *r == remaining && *s == t => value.clone(),
+            _ => {
+                let value = made();
+                *entry = Some((remaining, t, value.clone()));
+                value
+            }
+        }
+    })
+    .unwrap_or_else(|_| made())
 }
 
 /// A `RateLimit` value being written: at most 64 bytes (the scope, a `u32`

@@ -215,6 +215,7 @@ fn headers_are_not_copied_while_the_writer_is_behind() {
         client: "c".into(),
         scopes: std::sync::Arc::from(Vec::new()),
         via: crate::pipeline::identify::Via::ApiKey,
+        limit_state: None,
     };
     let req = http::Request::builder()
         .uri("/payments/v1/customers")
