@@ -15,6 +15,9 @@ use crate::refusal::Refusal;
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// `sandgate_limit_batch_size`: requests decided per Redis limit call.
+pub const BATCH_SIZE: &str = "sandgate_limit_batch_size";
+
 /// Installs the Prometheus recorder (once per process) and returns its handle.
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
@@ -23,8 +26,17 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0, 30.0,
             ];
+            // Every histogram is a duration in seconds but one: the
+            // requests per Redis limit call, a count from 1 to the largest
+            // batch (`limits::cluster::MAX_BATCH`).
+            let batch = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
             let handle = PrometheusBuilder::new()
                 .set_buckets(&buckets)
+                .ok()?
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(BATCH_SIZE.into()),
+                    &batch,
+                )
                 .ok()?
                 .install_recorder()
                 .ok()?;

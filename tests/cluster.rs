@@ -260,6 +260,34 @@ async fn three_replicas_admit_exactly_the_burst_and_the_quota() {
     assert_eq!(spread(&replicas, &bursty, 600).await, (10, 590));
     let (_, daily) = tenant_on(&replicas[0], "daily").await;
     assert_eq!(spread(&replicas, &daily, 300).await, (25, 275));
+    // The requests per script call are a count, bucketed as one (1 to
+    // 512), not in the seconds buckets of the duration histograms.
+    let text = common::client()
+        .get(replicas[0].admin_url("/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let buckets: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("sandgate_limit_batch_size_bucket{le=\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert_eq!(
+        buckets,
+        [
+            "1", "2", "4", "8", "16", "32", "64", "128", "256", "512", "+Inf"
+        ],
+        "{text}"
+    );
+    let calls: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sandgate_limit_batch_size_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a batch size count");
+    assert!(calls >= 1.0, "{text}");
     for r in replicas {
         assert!(r.shutdown().await);
     }

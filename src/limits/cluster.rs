@@ -262,7 +262,7 @@ async fn decide_batch(
         || metrics::counter!("sandgate_store_errors_total", "store" => "redis", "op" => "limit_decision"),
     );
     static BATCH: std::sync::LazyLock<metrics::Histogram> =
-        std::sync::LazyLock::new(|| metrics::histogram!("sandgate_limit_batch_size"));
+        std::sync::LazyLock::new(|| metrics::histogram!(crate::telemetry::BATCH_SIZE));
     BATCH.record(n as f64);
     let started = std::time::Instant::now();
     let out: Result<Vec<i64>, StoreError> = async {
