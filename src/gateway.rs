@@ -165,11 +165,6 @@ impl Handler for Gateway {
             resp.headers_mut()
                 .insert(pipeline::dry_run::X_DRY_RUN, marker);
         }
-        if let Some(standing) = facts.standing.take() {
-            let h = resp.headers_mut();
-            h.insert(pipeline::limit::RATELIMIT_POLICY, standing.policy);
-            h.insert(pipeline::limit::RATELIMIT, standing.limit);
-        }
         if method == http::Method::HEAD {
             drop_head_body(&mut resp);
         }
@@ -197,13 +192,21 @@ impl Handler for Gateway {
         // analytics: one try_send to the background worker (never blocks).
         crate::analytics::observe(&sandbox, &facts, resp.status().as_u16(), code);
         // The decision trace: queued when the answer's body has gone out.
-        let resp = crate::trace::finish(
+        let mut resp = crate::trace::finish(
             self.registry.traces(),
             &sandbox,
             &mut facts,
             resp,
             started.elapsed(),
         );
+        // Where the tenant stands, on every tenant answer. Added after the
+        // trace has copied the answer's headers: it keeps the standing
+        // itself (two shared values, not two more map entries to copy).
+        if let Some(standing) = facts.standing.take() {
+            let h = resp.headers_mut();
+            h.insert(pipeline::limit::RATELIMIT_POLICY, standing.policy);
+            h.insert(pipeline::limit::RATELIMIT, standing.limit);
+        }
         // The in-flight slot, unless the trace's tee holds it: given back
         // when the body has been sent.
         match facts.slot.take() {

@@ -216,6 +216,12 @@ async fn a_served_request_shows_its_mode_target_and_every_stage() {
         )
         .as_str()
     );
+    // The trace's copy of the answer's headers has them too.
+    assert_eq!(
+        t["response"]["headers"]["ratelimit-policy"],
+        policy.as_str()
+    );
+    assert_eq!(t["response"]["headers"]["ratelimit"], standing.as_str());
     assert_eq!(t["sandbox_id"], tenant_id.as_str());
     assert_eq!(t["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(t["mode"], "facade");

@@ -176,6 +176,15 @@ fn find(slots: &[Slot], period: Period, start: u64) -> Option<usize> {
         .position(|s| s.period == period && s.start == start)
 }
 
+/// Where the counter of `period`'s window that holds `now` is, if in
+/// memory: [`find`] without working the window out (a month's takes a
+/// calendar), as a counter knows where its window ends.
+fn current(slots: &[Slot], period: Period, now: u64) -> Option<usize> {
+    slots
+        .iter()
+        .position(|s| s.period == period && s.start <= now && now < s.counter.ends)
+}
+
 /// A tenant's counters, locked.
 pub(crate) fn lock(slots: &Mutex<Slots>) -> MutexGuard<'_, Slots> {
     slots.lock().unwrap_or_else(|p| p.into_inner())
@@ -388,14 +397,13 @@ fn decide_loaded(state: &TenantState, quotas: &[Quota], now: u64) -> Option<Deci
     // Every quota first (nothing counted unless all have room)...
     let mut at = [0usize; MAX_QUOTAS];
     for (i, q) in quotas.iter().enumerate() {
-        let (start, end) = q.period.window(now);
-        let slot = find(&slots, q.period, start)?;
+        let slot = current(&slots, q.period, now)?;
         let used = slots[slot].counter.count;
         if used >= q.requests {
             return Some(Decision::Exhausted(Usage {
                 quota: q.clone(),
                 used,
-                resets_at: (q.period != Period::Lifetime).then_some(end),
+                resets_at: (q.period != Period::Lifetime).then_some(slots[slot].counter.ends),
             }));
         }
         if let Some(a) = at.get_mut(i) {
@@ -407,7 +415,7 @@ fn decide_loaded(state: &TenantState, quotas: &[Quota], now: u64) -> Option<Deci
     for (i, q) in quotas.iter().enumerate() {
         let slot = match at.get(i) {
             Some(&slot) => slot,
-            None => find(&slots, q.period, q.period.window(now).0)?,
+            None => current(&slots, q.period, now)?,
         };
         slots[slot].counter.count += 1;
     }

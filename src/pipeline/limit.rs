@@ -20,6 +20,12 @@ use crate::limits::per_tenant::Handle;
 use crate::limits::quota::Decision as QuotaDecision;
 use crate::limits::rate::Decision;
 use crate::refusal::Refusal;
+
+/// A refusal of this stage, boxed. The stage's result moves through the
+/// request path on every tenant request; as `Result<(), Refusal>` each move
+/// copies a whole refusal's room (up to 128 bytes) even when it is `Ok`,
+/// as a box, one word.
+pub type Refused = Box<Refusal>;
 use crate::sandbox::Sandbox;
 
 /// `RateLimit-Policy`.
@@ -54,7 +60,7 @@ pub async fn limit(
     now: u64,
     standing_out: &mut Option<Standing>,
     slot_out: &mut Option<crate::limits::concurrency::Slot>,
-) -> Result<(), Refusal> {
+) -> Result<(), Refused> {
     let plans = &sandbox.plans;
     if plans.plans.is_empty() {
         return Ok(());
@@ -92,7 +98,7 @@ pub async fn limit(
             },
         },
     };
-    crate::telemetry::LimitDecided(decided.as_ref().err()).emit();
+    crate::telemetry::LimitDecided(decided.as_ref().err().map(|r| &**r)).emit();
     decided
 }
 
@@ -123,7 +129,7 @@ impl Ask<'_> {
         &self,
         state: &mut Option<Handle<TenantState>>,
         slot_out: &mut Option<crate::limits::concurrency::Slot>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Refused> {
         let Some(max) = self.plan.concurrency else {
             return Ok(());
         };
@@ -135,19 +141,20 @@ impl Ask<'_> {
                 *slot_out = Some(slot);
                 Ok(())
             }
-            Err(_) => Err(Refusal::TooManyInFlight {
+            Err(_) => Err(Box::new(Refusal::TooManyInFlight {
                 tenant: self.tenant.id.clone(),
                 plan: self.plan.name.clone(),
                 max,
-            }),
+            })),
         }
     }
 }
 
 /// 429 `rate_limited` by `rule`.
-fn limited(ask: &Ask<'_>, rule: &crate::limits::Rule, retry_after: Duration) -> Refusal {
+#[cold]
+fn limited(ask: &Ask<'_>, rule: &crate::limits::Rule, retry_after: Duration) -> Refused {
     let rate = rule.limiter.rate;
-    Refusal::RateLimited {
+    Box::new(Refusal::RateLimited {
         tenant: ask.tenant.id.clone(),
         plan: ask.plan.name.clone(),
         scope: rule.scope,
@@ -156,19 +163,20 @@ fn limited(ask: &Ask<'_>, rule: &crate::limits::Rule, retry_after: Duration) -> 
         per: rate.per,
         burst: rate.burst.get(),
         retry_after: seconds_up(retry_after).max(1),
-    }
+    })
 }
 
 /// 429 `quota_exhausted`, for `usage`.
-fn exhausted(ask: &Ask<'_>, usage: crate::limits::quota::Usage) -> Refusal {
-    Refusal::QuotaExhausted {
+#[cold]
+fn exhausted(ask: &Ask<'_>, usage: crate::limits::quota::Usage) -> Refused {
+    Box::new(Refusal::QuotaExhausted {
         tenant: ask.tenant.id.clone(),
         plan: ask.plan.name.clone(),
         rule: usage.quota.path.clone(),
         requests: usage.quota.requests,
         period: usage.quota.period,
         resets_at: usage.resets_at,
-    }
+    })
 }
 
 /// The tenant's quota counters are not in memory: read them, then decide
@@ -181,7 +189,7 @@ fn in_memory(
     ask: &Ask<'_>,
     standing_out: &mut Option<Standing>,
     slot_out: &mut Option<crate::limits::concurrency::Slot>,
-) -> Result<Result<(), Refusal>, NotLoaded> {
+) -> Result<Result<(), Refused>, NotLoaded> {
     let plan = ask.plan;
     // The tenant's in-flight count, GCRA cells and quota counters, found
     // once (or held already by the worker's credential cache); a slot
@@ -199,7 +207,7 @@ fn in_memory(
     let held = match (slot_out.as_ref(), state.as_ref()) {
         (Some(slot), _) => slot.state(),
         (None, Some(state)) => state,
-        (None, None) => return Ok(Err(Refusal::Internal)),
+        (None, None) => return Ok(Err(Box::new(Refusal::Internal))),
     };
     let mut nearest: Option<(&crate::limits::Rule, (u32, Duration))> = None;
     for rule in plan.rules(&ask.routed.api.name, ask.operation()) {
@@ -233,7 +241,7 @@ async fn cluster(
     ask: &Ask<'_>,
     standing_out: &mut Option<Standing>,
     slot_out: &mut Option<crate::limits::concurrency::Slot>,
-) -> Result<(), Refusal> {
+) -> Result<(), Refused> {
     let (registry, tenant, plan) = (ask.registry, ask.tenant, ask.plan);
     let mut state = plan.concurrency.map(|_| {
         ask.principal
@@ -274,7 +282,7 @@ async fn cluster(
         }
         Ok(Outcome::Limited { index, retry_after }) => {
             let Some(rule) = rules.get(index) else {
-                return Err(Refusal::Internal);
+                return Err(Box::new(Refusal::Internal));
             };
             *standing_out = Some(standing(rule, 0, retry_after));
             Err(limited(ask, rule, retry_after))
@@ -319,7 +327,7 @@ fn store_failed(
     sandbox: &Sandbox,
     registry: &crate::tenants::Registry,
     e: &crate::store::StoreError,
-) -> Result<(), Refusal> {
+) -> Result<(), Refused> {
     let store = registry.store().kind();
     match sandbox.store.on_error {
         crate::config::OnStoreError::FailOpen => {
@@ -332,7 +340,7 @@ fn store_failed(
             metrics::counter!("sandgate_limit_store_failures_total", "on_error" => "fail_closed")
                 .increment(1);
             tracing::warn!(error = %e, store, "limit counters unavailable; refusing (store.on_error: fail_closed)");
-            Err(Refusal::LimitsUnavailable { store })
+            Err(Box::new(Refusal::LimitsUnavailable { store }))
         }
     }
 }

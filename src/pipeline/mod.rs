@@ -194,7 +194,8 @@ pub async fn run(
             &mut facts.standing,
             &mut facts.slot,
         )
-        .await?;
+        .await
+        .map_err(|refused| *refused)?;
         facts.trace.note_limit(facts.standing.as_ref());
     } else {
         facts.trace.skipped("anonymous caller: no plan");

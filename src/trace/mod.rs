@@ -84,8 +84,8 @@ enum Reason {
     Clock,
     /// The limit stage let the request through; `true` when a rate
     /// applies, whose standing (`RateLimit-Policy` and `RateLimit`) the
-    /// answer carries: the trace reads it from the answer's headers when it
-    /// is written, rather than copying it on the request path.
+    /// answer carries: the trace renders it from the answer's standing
+    /// (`Pending::standing`) when it is written.
     Limit(bool),
     /// The body matched the operation.
     Validated,
@@ -599,6 +599,7 @@ pub fn finish(
         request_body: rec.request_body.take(),
         streamed: rec.streamed.take(),
         response_headers: resp.headers().clone(),
+        standing: facts.standing.clone(),
         response_body: Vec::new(),
         response_kept: 0,
         response_total: 0,
@@ -681,7 +682,13 @@ pub struct Pending {
     trace_id: [u8; 16],
     request_body: Option<(Bytes, usize)>,
     streamed: Option<Arc<Capture>>,
+    /// The answer's headers, but for the two rate-limit headers: the
+    /// gateway adds those after the trace copies the rest, and the trace
+    /// keeps them in `standing`.
     response_headers: HeaderMap,
+    /// The `RateLimit-Policy` and `RateLimit` values of the answer, when it
+    /// has them.
+    standing: Option<crate::pipeline::limit::Standing>,
     /// The first `max_body` bytes of the answer, as the frames that carried
     /// them (shared, not copied; the last one may be cut).
     response_body: Vec<Bytes>,
@@ -843,6 +850,7 @@ impl Pending {
             request_body: None,
             streamed: None,
             response_headers: HeaderMap::new(),
+            standing: None,
             response_body: Vec::new(),
             response_kept: 0,
             response_total: 0,
@@ -889,12 +897,9 @@ impl Pending {
             Reason::Limit(standing) => reasons::limit(
                 &t.plan,
                 standing
-                    .then(|| {
-                        let h = &self.response_headers;
-                        h.get(crate::pipeline::limit::RATELIMIT_POLICY)
-                            .zip(h.get(crate::pipeline::limit::RATELIMIT))
-                    })
-                    .flatten(),
+                    .then_some(self.standing.as_ref())
+                    .flatten()
+                    .map(|s| (&s.policy, &s.limit)),
             ),
             Reason::Validated => format!(
                 "matches operation {} of the contract",
@@ -993,7 +998,21 @@ impl Pending {
                 body: request_body,
             },
             response: MessageView {
-                headers: headers_view(s, &self.response_headers),
+                headers: {
+                    let mut h = headers_view(s, &self.response_headers);
+                    if let Some(st) = &self.standing {
+                        for (name, value) in [
+                            (crate::pipeline::limit::RATELIMIT_POLICY, &st.policy),
+                            (crate::pipeline::limit::RATELIMIT, &st.limit),
+                        ] {
+                            h.insert(
+                                name.as_str().to_owned(),
+                                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                            );
+                        }
+                    }
+                    h
+                },
                 headers_omitted: None,
                 body: response_body,
             },
