@@ -204,6 +204,9 @@ pub struct RuleLimiter<C: Clock = QuantaClock> {
     pub rate: Rate,
     /// Its id, unique in the process: what its cells are found by.
     id: u64,
+    /// `rate.interval()`, worked out once (a `Duration` division takes a
+    /// few integer divisions, each tens of cycles).
+    interval: Duration,
     limiter: Limiter<C>,
     clock: C,
     /// The clock's time when the limiter was made (at most its own start).
@@ -240,6 +243,7 @@ impl<C: Clock + Clone> RuleLimiter<C> {
         Some(RuleLimiter {
             rate,
             id,
+            interval: rate.interval(),
             limiter,
             clock,
             origin,
@@ -255,7 +259,7 @@ impl<C: Clock + Clone> RuleLimiter<C> {
                 let used = self.rate.burst.get().saturating_sub(remaining);
                 Decision::Allowed {
                     remaining,
-                    reset: self.rate.interval() * used,
+                    reset: self.interval * used,
                 }
             }
             Err(not_until) => Decision::Limited {
