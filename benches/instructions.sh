@@ -124,7 +124,7 @@ YAML
       [ "$route" = limits_on ] && cat > "$WORK/$route/policies/plans.yaml" <<'YAML'
 plans:
   bench:
-    rate: { requests: 10000000, per: 1s, burst: 10000000 }
+    rate: { requests: 1000000, per: 1s, burst: 10000000 }
     quotas:
       - { requests: 1000000000, per: day }
       - { requests: 1000000000, per: lifetime }

@@ -85,7 +85,7 @@ export SANDGATE_ADMIN_TOKEN=bench-admin-token
 P_REDIS=$(free_port)
 redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & PIDS+=($!)
 
-PLAN_YAML=${PLAN_YAML:-'rate: { requests: 10000000, per: 1s, burst: 10000000 }
+PLAN_YAML=${PLAN_YAML:-'rate: { requests: 1000000, per: 1s, burst: 10000000 }
     quotas:
       - { requests: 1000000000, per: day }
       - { requests: 1000000000, per: lifetime }

@@ -198,6 +198,11 @@ fn interned(text: String) -> &'static str {
     s
 }
 
+/// The shortest interval between two requests a rate rule may set: one
+/// microsecond, the resolution of the cluster decision (see
+/// [`cluster`]), so that every rule means the same on one node and on N.
+pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_micros(1);
+
 /// One compiled plan.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -516,7 +521,13 @@ fn compile(
             per: r.per.get(),
             burst,
         };
-        match RuleLimiter::new(rate) {
+        // The Redis store's script counts time in whole microseconds (on
+        // Redis `TIME`): a faster rule would have no interval there, and
+        // no limit at all. One node enforces the same rules as many.
+        let limiter = (rate.interval() >= MIN_INTERVAL)
+            .then(|| RuleLimiter::new(rate))
+            .flatten();
+        match limiter {
             Some(limiter) => Some(Rule {
                 path,
                 at,
@@ -529,7 +540,8 @@ fn compile(
                     file,
                     line,
                     format!(
-                        "{path}: {} requests per {} is too fast to enforce; use a longer `per`",
+                        "{path}: {} requests per {} is too fast to enforce: at most one request per \
+                         microsecond (1000000 per 1s); use fewer `requests` or a longer `per`",
                         rate.requests, r.per
                     ),
                 ));
@@ -631,5 +643,29 @@ mod tests {
             ]
         );
         assert!(plans.get("growth").is_some());
+    }
+
+    /// A rule faster than one request per microsecond is refused at load,
+    /// at its line: the cluster script could not enforce it. One per
+    /// microsecond is the fastest allowed.
+    #[test]
+    fn a_rate_faster_than_one_per_microsecond_is_a_load_error() {
+        static FAST: &[(&str, &str)] = &[(
+            "policies/plans.yaml",
+            "plans:\n  bench:\n    rate: { requests: 10000000, per: 1s, burst: 10000000 }\n",
+        )];
+        let errors = Plans::load(&Source::Embedded(FAST), &[]).expect_err("too fast");
+        let text = errors[0].to_string();
+        assert!(text.contains("plans.yaml:3"), "{text}");
+        assert!(
+            text.contains("plans.bench.rate: 10000000 requests per 1s is too fast to enforce"),
+            "{text}"
+        );
+        static FASTEST: &[(&str, &str)] = &[(
+            "policies/plans.yaml",
+            "plans:\n  bench:\n    rate: { requests: 1000000, per: 1s, burst: 10000000 }\n",
+        )];
+        let plans = Plans::load(&Source::Embedded(FASTEST), &[]).expect("one per microsecond");
+        assert!(plans.get("bench").and_then(|p| p.rate.as_ref()).is_some());
     }
 }
