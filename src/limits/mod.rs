@@ -374,6 +374,9 @@ impl Plans {
     ) -> Result<Plans, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut plans = BTreeMap::new();
+        // Every plan written, compiled or not: a plan with an error is
+        // reported once, not again by the `default_plan` that names it.
+        let mut written = std::collections::BTreeSet::new();
         let mut default_plan: Option<(String, PathBuf, u64)> = None;
         for rel in source.list(Path::new("policies"), &["yaml", "yml"]) {
             let file = source.display_path(&rel);
@@ -408,7 +411,7 @@ impl Plans {
             for (name, p) in in_file_order(parsed.plans) {
                 let line = name.referenced.line();
                 let name = name.value;
-                if plans.contains_key(&name) {
+                if !written.insert(name.clone()) {
                     errors.push(ConfigError::new(
                         &file,
                         line,
@@ -426,7 +429,7 @@ impl Plans {
         }
         let default_plan = match default_plan {
             Some((name, file, line)) => {
-                if !plans.contains_key(&name) {
+                if !written.contains(&name) {
                     errors.push(ConfigError::new(
                         &file,
                         line,
@@ -652,9 +655,10 @@ mod tests {
     fn a_rate_faster_than_one_per_microsecond_is_a_load_error() {
         static FAST: &[(&str, &str)] = &[(
             "policies/plans.yaml",
-            "plans:\n  bench:\n    rate: { requests: 10000000, per: 1s, burst: 10000000 }\n",
+            "plans:\n  bench:\n    rate: { requests: 10000000, per: 1s, burst: 10000000 }\ndefault_plan: bench\n",
         )];
         let errors = Plans::load(&Source::Embedded(FAST), &[]).expect_err("too fast");
+        assert_eq!(errors.len(), 1, "{errors:?}");
         let text = errors[0].to_string();
         assert!(text.contains("plans.yaml:3"), "{text}");
         assert!(
