@@ -34,7 +34,8 @@
 # "off" in the same round, every other round in the other order): the
 # script prints that mean with its 95 % interval (Student's t) and, from
 # 30 rounds, says whether the < 5 % target is met, not met, or not shown
-# either way by this run.
+# either way by this run; the same for the ratio of the cluster to one
+# node in the same round (target >= 0.7x).
 # Installs wrk and redis-server with apt when missing. Every process it
 # starts is stopped on exit (by PID, never by name).
 set -euo pipefail
@@ -224,6 +225,7 @@ read -r -a TARGETS <<< "${SETUPS:-off on cluster cluster_off}"
 if [ "$RESTART" = 0 ]; then for t in "${TARGETS[@]}"; do start_setup "$t"; done; fi
 declare -A SUM_RPS SUM_P50 SUM_P99 SUM_CPU SUM_CLIENT ERRORS ROUND_RPS
 COSTS=()
+RATIOS=()
 for t in "${TARGETS[@]}"; do SUM_RPS[$t]=0; SUM_P50[$t]=0; SUM_P99[$t]=0; SUM_CPU[$t]=0; SUM_CLIENT[$t]=0; ERRORS[$t]=0; done
 for r in $(seq "$ROUNDS"); do
   # Every other round runs the set-ups in reverse order, so neither is
@@ -250,6 +252,11 @@ for r in $(seq "$ROUNDS"); do
     COSTS+=("$cost")
     echo "round $r: limits cost $cost%" >&2
   fi
+  if [ -n "${ROUND_RPS[cluster]:-}" ] && [ -n "${ROUND_RPS[on]:-}" ]; then
+    ratio=$(python3 -c "print(f'{${ROUND_RPS[cluster]} / ${ROUND_RPS[on]}:.3f}')")
+    RATIOS+=("$ratio")
+    echo "round $r: Redis-backed / in-process $ratio" >&2
+  fi
 done
 avg() { python3 -c "print(f'{$1/$ROUNDS:.3f}')"; }
 avg_int() { python3 -c "print(f'{$1/$ROUNDS:,.0f}')"; }
@@ -269,24 +276,30 @@ for t in "${TARGETS[@]}"; do
   echo "| ${LABEL[$t]} | $(avg_int ${SUM_RPS[$t]}) | $(avg ${SUM_P50[$t]}) | $(avg ${SUM_P99[$t]}) | ${ERRORS[$t]} | $(avg ${SUM_CPU[$t]}) | $(avg ${SUM_CLIENT[$t]}) |"
 done
 echo
-python3 - "${SUM_RPS[off]:-0}" "${SUM_RPS[on]:-0}" "${SUM_RPS[cluster]:-0}" "${SUM_RPS[cluster_off]:-0}" "${SUM_CPU[off]:-0}" "${SUM_CPU[on]:-0}" "${SUM_CLIENT[off]:-0}" "${SUM_CLIENT[on]:-0}" "${COSTS[@]}" <<'PY'
+RATIOS_ARG=$(IFS=,; echo "${RATIOS[*]}")
+python3 - "${SUM_RPS[off]:-0}" "${SUM_RPS[on]:-0}" "${SUM_RPS[cluster]:-0}" "${SUM_RPS[cluster_off]:-0}" "${SUM_CPU[off]:-0}" "${SUM_CPU[on]:-0}" "${SUM_CLIENT[off]:-0}" "${SUM_CLIENT[on]:-0}" "$RATIOS_ARG" "${COSTS[@]}" <<'PY'
 import statistics, sys
 off, on, cl, cloff, cpu_off, cpu_on, client_off, client_on = map(float, sys.argv[1:9])
-costs = sorted(float(c) for c in sys.argv[9:])
+ratios = [float(r) for r in sys.argv[9].split(",") if r]
+costs = sorted(float(c) for c in sys.argv[10:])
+
+def interval(xs):
+    """Mean and 95 % two-sided interval, Student's t for len(xs) - 1
+    degrees of freedom (the table's value at or below them: never
+    narrower): a handful of rounds must not read as a verdict."""
+    mean = statistics.fmean(xs)
+    se = statistics.stdev(xs) / len(xs) ** 0.5
+    df = len(xs) - 1
+    t95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36,
+           8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09,
+           25: 2.06, 30: 2.04, 40: 2.02, 60: 2.00, 120: 1.98}
+    t = t95[max(k for k in t95 if k <= df)]
+    return mean, mean - t * se, mean + t * se
+
 if off and on:
     print(f"cost of in-process limits: {100 * (1 - on / off):.1f}% of throughput (target < 5%)")
     if len(costs) > 1:
-        mean = statistics.fmean(costs)
-        se = statistics.stdev(costs) / len(costs) ** 0.5
-        # 95 % two-sided, Student's t for len(costs) - 1 degrees of
-        # freedom (the table's value at or below them: never narrower):
-        # a handful of rounds must not read as a verdict.
-        df = len(costs) - 1
-        t95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36,
-               8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09,
-               25: 2.06, 30: 2.04, 40: 2.02, 60: 2.00, 120: 1.98}
-        t = t95[max(k for k in t95 if k <= df)]
-        low, high = mean - t * se, mean + t * se
+        mean, low, high = interval(costs)
         print(f"per-round costs (on against off in the same round): mean {mean:.1f}%, "
               f"95% interval {low:.1f}% to {high:.1f}% ({len(costs)} rounds), "
               f"median {statistics.median(costs):.1f}%, range {costs[0]:.1f}% to {costs[-1]:.1f}%")
@@ -300,6 +313,15 @@ if off and on:
           f"client (wrk) CPU per request: {client_on / client_off:.3f}x")
 if on and cl:
     print(f"Redis-backed limits / in-process limits: {cl / on:.2f}x (target >= 0.70)")
+    if len(ratios) > 1:
+        mean, low, high = interval(ratios)
+        print(f"per-round ratios (the cluster against one node in the same round): mean {mean:.3f}x, "
+              f"95% interval {low:.3f}x to {high:.3f}x ({len(ratios)} rounds), "
+              f"range {min(ratios):.3f}x to {max(ratios):.3f}x")
+        verdict = ("not decided: a verdict needs at least 30 rounds" if len(ratios) < 30 else
+                   "met" if low >= 0.70 else "not met" if high < 0.70 else
+                   "not shown either way: more rounds narrow the interval")
+        print(f"target >= 0.70x: {verdict}")
 if cl and cloff:
     print(f"two replicas + Redis, limits on / off: {cl / cloff:.2f}x")
 PY

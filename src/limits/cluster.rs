@@ -12,13 +12,17 @@
 //!
 //! **Coalescing.** One script call may decide a *batch*: the requests of
 //! one tenant, against the same rules, that arrived on one worker while
-//! the previous call for them was in flight ([`Coalescer`]). The script
+//! the calls for them already in flight (at most [`MAX_IN_FLIGHT`]) were
+//! out ([`Coalescer`]). The script
 //! admits the first `k` of the batch's `n` requests that fit, exactly as
 //! `n` calls one after another would, and says which rule or quota stopped
 //! the rest; each request gets its own standing back. A request on its own
 //! pays one round trip as before; under load a replica pays one per batch
 //! instead of one per request, and limits stay exact across replicas,
-//! because every decision is still made in Redis, atomically.
+//! because every decision is still made in Redis, atomically. Two calls
+//! in flight rather than one keep a worker busy while one batch travels:
+//! with one, a worker whose requests all wait on the same round trip
+//! sits idle (measured in BENCHMARKS.md, session 15).
 //!
 //! A tenant's keys share its hash tag, so the scripts work on Redis Cluster.
 
@@ -301,24 +305,65 @@ pub async fn decide(redis: &RedisStore, spec: &Spec, now: u64) -> Result<Outcome
 /// The most requests one script call decides.
 const MAX_BATCH: usize = 512;
 
-type Answer = oneshot::Sender<Result<Outcome, StoreError>>;
+/// The most script calls in flight at once for one batch key.
+pub const MAX_IN_FLIGHT: usize = 2;
+
+/// A request waiting for its decision: where to send it, and by when.
+struct Answer {
+    tx: oneshot::Sender<Result<Outcome, StoreError>>,
+    /// `store.timeout` after the request asked: it is answered by then.
+    deadline: tokio::time::Instant,
+}
+
+/// Names a batch: requests with equal keys are decided together, so they
+/// must have equal [`Spec`]s. The plan and the most specific rule are
+/// named by address (the rule implies the others): a reload makes new
+/// plans, so a batch never mixes a rule's old rate with its new one, and
+/// a plan cannot be freed (and its address reused) while one of its
+/// requests waits, since the request holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BatchKey {
+    /// The worker the requests came on (its own connection to Redis).
+    worker: usize,
+    tenant: String,
+    plan: usize,
+    rule: usize,
+}
+
+impl BatchKey {
+    /// The key of a request of `tenant` on this worker under `plan`,
+    /// whose most specific rule is `rule` (`None`: quotas only).
+    pub fn new(tenant: &str, plan: &Arc<super::Plan>, rule: Option<&super::Rule>) -> BatchKey {
+        BatchKey {
+            worker: crate::server::worker_slot(),
+            tenant: tenant.to_owned(),
+            plan: Arc::as_ptr(plan).addr(),
+            rule: rule.map_or(0, |r| std::ptr::from_ref(r).addr()),
+        }
+    }
+}
 
 /// The requests of one batch key waiting for their decision.
 struct Waiting {
     spec: Arc<Spec>,
     answers: Vec<Answer>,
+    /// Script calls in flight for this key (each with its own driver).
+    in_flight: usize,
 }
 
 /// Coalesces concurrent limit decisions on this replica: requests with
-/// the same batch key (one tenant, the same rules, the same worker) that
-/// arrive while a script call for that key is in flight wait for it to
-/// come back and are then decided together, in one call. The calls run
-/// on a task of their own, so a request that goes away (its client
-/// disconnected, or it gave up at `store.timeout`) never strands the
-/// others.
+/// the same [`BatchKey`] (one tenant, the same rules, the same worker)
+/// that arrive while a script call for that key is in flight are decided
+/// together, in the next call. Up to [`MAX_IN_FLIGHT`] calls per key run
+/// at once, so a worker is not left idle waiting for one round trip; each
+/// runs on a task of its own, so a request that goes away (its client
+/// disconnected) never strands the others. Every request is answered
+/// within `store.timeout` of asking, by the call that decides it or, when
+/// Redis is too slow, with `Unavailable`: one timer per call, not one per
+/// request.
 #[derive(Default)]
 pub struct Coalescer {
-    waiting: Mutex<HashMap<String, Waiting>>,
+    waiting: Mutex<HashMap<BatchKey, Waiting, foldhash::fast::RandomState>>,
 }
 
 impl std::fmt::Debug for Coalescer {
@@ -327,68 +372,88 @@ impl std::fmt::Debug for Coalescer {
     }
 }
 
+/// The answer to a request that waited `store.timeout` for its decision.
+fn too_late() -> StoreError {
+    StoreError::Unavailable("no limit decision within store.timeout".into())
+}
+
 impl Coalescer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<BatchKey, Waiting, foldhash::fast::RandomState>> {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Decides one request: `key` names its batch (tenant, plan and rules:
-    /// requests with equal keys must have equal specs), `spec` makes its
-    /// spec when it is the first of a batch. The answer comes within the
+    /// Decides one request: `key` names its batch, `spec` makes its spec
+    /// when it is the first of a batch. The answer comes within the
     /// store's timeout, as `Unavailable` when Redis did not give it.
     pub async fn decide(
         self: &Arc<Self>,
         redis: &RedisStore,
-        key: &str,
+        key: BatchKey,
         spec: impl FnOnce() -> Spec,
     ) -> Result<Outcome, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let key = format!("{}\0{key}", crate::server::worker_slot());
-        let first = {
+        let answer = Answer {
+            tx,
+            deadline: tokio::time::Instant::now() + redis.timeout(),
+        };
+        let drive = {
             let mut waiting = self.lock();
             match waiting.get_mut(&key) {
                 Some(w) => {
-                    w.answers.push(tx);
-                    false
+                    w.answers.push(answer);
+                    let more = w.in_flight < MAX_IN_FLIGHT;
+                    w.in_flight += usize::from(more);
+                    more.then_some(key)
                 }
                 None => {
                     waiting.insert(
                         key.clone(),
                         Waiting {
                             spec: Arc::new(spec()),
-                            answers: vec![tx],
+                            answers: vec![answer],
+                            in_flight: 1,
                         },
                     );
-                    true
+                    Some(key)
                 }
             }
         };
-        if first {
+        if let Some(key) = drive {
             tokio::spawn(Arc::clone(self).drive(redis.clone(), key));
         }
-        match tokio::time::timeout(redis.timeout(), rx).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(StoreError::Unavailable(
+        // No timer here: the driver answers by the deadline.
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
                 "the limit decision was dropped".into(),
-            )),
-            Err(_) => Err(StoreError::Unavailable(
-                "no limit decision within store.timeout".into(),
-            )),
-        }
+            ))
+        })
     }
 
-    /// Decides the batches of `key` one call at a time until nobody waits.
-    async fn drive(self: Arc<Self>, redis: RedisStore, key: String) {
+    /// Decides the batches of `key`, one call at a time, until nobody
+    /// waits. Each call is bounded by the earliest deadline of its batch.
+    async fn drive(self: Arc<Self>, redis: RedisStore, key: BatchKey) {
         loop {
-            let (spec, mut answers) = {
+            let started = tokio::time::Instant::now();
+            let (spec, answers) = {
                 let mut waiting = self.lock();
                 let Some(w) = waiting.get_mut(&key) else {
                     return;
                 };
-                // Requests that gave up are not decided (nor counted).
-                w.answers.retain(|a| !a.is_closed());
+                // Requests that gave up are not decided (nor counted);
+                // those out of time are told so, and not counted either.
+                for late in w
+                    .answers
+                    .extract_if(.., |a| a.tx.is_closed() || a.deadline <= started)
+                {
+                    let _ = late.tx.send(Err(too_late()));
+                }
                 if w.answers.is_empty() {
-                    waiting.remove(&key);
+                    w.in_flight -= 1;
+                    if w.in_flight == 0 {
+                        waiting.remove(&key);
+                    }
                     return;
                 }
                 let take = w.answers.len().min(MAX_BATCH);
@@ -397,16 +462,21 @@ impl Coalescer {
                     w.answers.drain(..take).collect::<Vec<_>>(),
                 )
             };
+            let deadline = answers.iter().map(|a| a.deadline).min().unwrap_or(started);
             let now = crate::tenants::now_secs();
-            match decide_batch(&redis, &spec, answers.len(), now).await {
+            let decided =
+                tokio::time::timeout_at(deadline, decide_batch(&redis, &spec, answers.len(), now))
+                    .await
+                    .unwrap_or_else(|_| Err(too_late()));
+            match decided {
                 Ok(batch) => {
-                    for (j, a) in answers.drain(..).enumerate() {
-                        let _ = a.send(batch.outcome(j, &spec, now));
+                    for (j, a) in answers.into_iter().enumerate() {
+                        let _ = a.tx.send(batch.outcome(j, &spec, now));
                     }
                 }
                 Err(e) => {
                     for a in answers {
-                        let _ = a.send(Err(e.clone()));
+                        let _ = a.tx.send(Err(e.clone()));
                     }
                 }
             }
@@ -573,7 +643,13 @@ mod tests {
         let tasks: Vec<_> = (0..200)
             .map(|_| {
                 let (c, store, s) = (Arc::clone(&coalescer), store.clone(), s.clone());
-                tokio::spawn(async move { c.decide(&store, "t3/rules", || s).await })
+                let key = BatchKey {
+                    worker: 0,
+                    tenant: "t3".into(),
+                    plan: 1,
+                    rule: 1,
+                };
+                tokio::spawn(async move { c.decide(&store, key, || s).await })
             })
             .collect();
         let (mut allowed, mut limited) = (0, 0);
@@ -600,5 +676,62 @@ mod tests {
         assert!(calls < 200, "{calls} script calls for 200 requests");
         // Nothing is left waiting.
         assert!(coalescer.lock().is_empty());
+    }
+
+    /// With Redis stalled (SIGSTOP), every request waiting in the
+    /// coalescer, those behind a call in flight too, is answered
+    /// `Unavailable` within `store.timeout` of asking, though no request
+    /// has a timer of its own; and once Redis is back, decisions resume.
+    #[tokio::test]
+    async fn a_stalled_redis_answers_every_waiting_request_in_time() {
+        let redis = TestRedis::start().await;
+        let timeout = Duration::from_millis(300);
+        let store = RedisStore::connect(&redis.url, timeout)
+            .await
+            .expect("connect");
+        let coalescer = Arc::new(Coalescer::default());
+        let s = spec("t4", &[("plans.t.rate", rate(1_000, 1_000))], &[]);
+        let key = BatchKey {
+            worker: 0,
+            tenant: "t4".into(),
+            plan: 1,
+            rule: 1,
+        };
+        let ask = |c: &Arc<Coalescer>| {
+            let (c, store, s, key) = (Arc::clone(c), store.clone(), s.clone(), key.clone());
+            tokio::spawn(async move {
+                let asked = tokio::time::Instant::now();
+                let out = c.decide(&store, key, || s).await;
+                (out, asked.elapsed())
+            })
+        };
+        // Connected, and the script loaded, before the stall.
+        assert!(matches!(
+            ask(&coalescer).await.expect("task").0,
+            Ok(Outcome::Allowed(_))
+        ));
+        redis.signal("STOP");
+        // Asked in three waves, so some wait behind calls in flight.
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            tasks.extend((0..10).map(|_| ask(&coalescer)));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for t in tasks {
+            let (out, took) = t.await.expect("task");
+            assert!(matches!(out, Err(StoreError::Unavailable(_))), "{out:?}");
+            assert!(
+                took < timeout + Duration::from_millis(150),
+                "answered after {took:?}"
+            );
+        }
+        redis.signal("CONT");
+        // Redis counts as down for one timeout after a timed-out call.
+        tokio::time::sleep(timeout + Duration::from_millis(50)).await;
+        assert!(matches!(
+            ask(&coalescer).await.expect("task").0,
+            Ok(Outcome::Allowed(_))
+        ));
+        assert!(coalescer.lock().is_empty(), "nothing left waiting");
     }
 }

@@ -256,17 +256,8 @@ async fn cluster(
         return Ok(());
     }
     // Requests of this tenant against these rules are decided in batches
-    // while a decision for them is in flight. The key names the rules (the
-    // most specific one's path implies the others) of this very plan: a
-    // reload makes new plans, so a batch never mixes a rule's old rate with
-    // its new one.
-    let key = format!(
-        "{}\0{}@{:p}\0{}",
-        tenant.id,
-        plan.name,
-        Arc::as_ptr(plan),
-        rules.first().map_or("", |r| r.path.as_str())
-    );
+    // while a decision for them is in flight.
+    let key = crate::limits::cluster::BatchKey::new(&tenant.id, plan, rules.first().copied());
     let spec = || crate::limits::cluster::Spec {
         tenant: tenant.id.clone(),
         rules: rules
@@ -275,7 +266,7 @@ async fn cluster(
             .collect(),
         quotas: plan.quotas.clone(),
     };
-    match registry.limit_batches().decide(redis, &key, spec).await {
+    match registry.limit_batches().decide(redis, key, spec).await {
         Ok(Outcome::Allowed(each)) => {
             *standing_out = closest(rules.iter().copied().zip(each));
             Ok(())
