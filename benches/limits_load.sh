@@ -22,7 +22,10 @@
 #        PLAN_YAML="..." for the plan body of `bench`, to cost one part
 #        of the limit stage alone, e.g. PLAN_YAML="concurrency: 10000";
 #        NODE_WORKERS=2 for the one-node set-ups' `workers`;
-#        RESTART=1 to start every set-up's gateways afresh in every round)
+#        RESTART=1 to start every set-up's gateways afresh in every round;
+#        BIN_B=path to a second binary: adds the set-up cluster_b, the
+#        cluster on BIN_B (its own Redis database), and the per-round ratio
+#        of cluster_b to cluster, to compare two builds in the same rounds)
 #
 # Many short rounds, because the machine is noisy: on the 2-core VMs of
 # BENCHMARKS.md a fixed piece of pure CPU work takes up to 45 % longer from
@@ -64,6 +67,11 @@ else
   cargo build --release --quiet
   BIN=target/release/sandgate
   git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT + uncommitted changes"
+fi
+
+if [ -n "${BIN_B:-}" ]; then
+  [ -x "$BIN_B" ] || { echo "BIN_B=$BIN_B is not an executable" >&2; exit 1; }
+  COMMIT="$COMMIT; cluster_b: binary $BIN_B"
 fi
 
 WORK=$(mktemp -d)
@@ -122,7 +130,7 @@ apis:
 YAML
   # This runs in a subshell (`< <(sandbox …)`), so the PID goes to a file
   # that cleanup reads: PIDS+= here would not reach the script.
-  SANDGATE_LOG=warn "$BIN" serve --config "$dir" >/dev/null 2>"$dir/err" & echo $! > "$dir/pid"
+  SANDGATE_LOG=warn "${SANDBOX_BIN:-$BIN}" serve --config "$dir" >/dev/null 2>"$dir/err" & echo $! > "$dir/pid"
   echo "$pub $adm"
 }
 
@@ -135,9 +143,10 @@ provision() { # admin port -> API key
 PATH_CUS=/payments/v1/customers/cus_NffrFeUfNV2Hib
 
 REDIS_STORE="{ kind: redis, url: \"redis://127.0.0.1:$P_REDIS/0\", timeout: 200ms, on_error: fail_closed }"
+REDIS_STORE_B="{ kind: redis, url: \"redis://127.0.0.1:$P_REDIS/2\", timeout: 200ms, on_error: fail_closed }"
 REDIS_STORE_OFF="{ kind: redis, url: \"redis://127.0.0.1:$P_REDIS/1\", timeout: 200ms, on_error: fail_closed }"
 # The gateway processes of a set-up.
-declare -A PROCS=([off]="off" [on]="on" [cluster]="c1 c2" [cluster_off]="d1 d2")
+declare -A PROCS=([off]="off" [on]="on" [cluster]="c1 c2" [cluster_off]="d1 d2" [cluster_b]="e1 e2")
 declare -A URL1 URL2 KEY
 
 # stop_setup T: stops T's gateways (they drain first) and drops their data.
@@ -162,6 +171,9 @@ start_setup() {
     cluster)
       read -r p1 a1 < <(sandbox c1 1 "$REDIS_STORE" yes)
       read -r p2 a2 < <(sandbox c2 1 "$REDIS_STORE" yes) ;;
+    cluster_b)
+      read -r p1 a1 < <(SANDBOX_BIN=$BIN_B sandbox e1 1 "$REDIS_STORE_B" yes)
+      read -r p2 a2 < <(SANDBOX_BIN=$BIN_B sandbox e2 1 "$REDIS_STORE_B" yes) ;;
     cluster_off)
       read -r p1 a1 < <(sandbox d1 1 "$REDIS_STORE_OFF" no)
       read -r p2 a2 < <(sandbox d2 1 "$REDIS_STORE_OFF" no) ;;
@@ -226,6 +238,7 @@ if [ "$RESTART" = 0 ]; then for t in "${TARGETS[@]}"; do start_setup "$t"; done;
 declare -A SUM_RPS SUM_P50 SUM_P99 SUM_CPU SUM_CLIENT ERRORS ROUND_RPS
 COSTS=()
 RATIOS=()
+B_RATIOS=()
 for t in "${TARGETS[@]}"; do SUM_RPS[$t]=0; SUM_P50[$t]=0; SUM_P99[$t]=0; SUM_CPU[$t]=0; SUM_CLIENT[$t]=0; ERRORS[$t]=0; done
 for r in $(seq "$ROUNDS"); do
   # Every other round runs the set-ups in reverse order, so neither is
@@ -257,6 +270,11 @@ for r in $(seq "$ROUNDS"); do
     RATIOS+=("$ratio")
     echo "round $r: Redis-backed / in-process $ratio" >&2
   fi
+  if [ -n "${ROUND_RPS[cluster_b]:-}" ] && [ -n "${ROUND_RPS[cluster]:-}" ]; then
+    ratio=$(python3 -c "print(f'{${ROUND_RPS[cluster_b]} / ${ROUND_RPS[cluster]}:.3f}')")
+    B_RATIOS+=("$ratio")
+    echo "round $r: cluster_b / cluster $ratio" >&2
+  fi
 done
 avg() { python3 -c "print(f'{$1/$ROUNDS:.3f}')"; }
 avg_int() { python3 -c "print(f'{$1/$ROUNDS:,.0f}')"; }
@@ -269,7 +287,7 @@ echo "load average at start: $LOAD_AT_START; client: 2 × wrk -t1 -c$((CONNECTIO
 if [ "$RESTART" = 0 ]; then FRESH="the same gateway processes in every round"; else FRESH="fresh gateway processes (new data) for every set-up in every round"; fi
 echo "$ROUNDS interleaved rounds (every other one in reverse order), $FRESH, each after a $WARMUP warm-up; means shown; servers, Redis and client share the $(nproc) cores."
 echo
-declare -A LABEL=([off]="one node, file store, limits off" [on]="one node, file store, limits on" [cluster]="two replicas + Redis, limits on" [cluster_off]="two replicas + Redis, limits off")
+declare -A LABEL=([off]="one node, file store, limits off" [on]="one node, file store, limits on" [cluster]="two replicas + Redis, limits on" [cluster_off]="two replicas + Redis, limits off" [cluster_b]="two replicas + Redis, limits on, BIN_B")
 echo "| set-up | req/s | p50 ms | p99 ms | errors | gateway CPU µs/request | client CPU µs/request |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for t in "${TARGETS[@]}"; do
@@ -277,11 +295,13 @@ for t in "${TARGETS[@]}"; do
 done
 echo
 RATIOS_ARG=$(IFS=,; echo "${RATIOS[*]}")
-python3 - "${SUM_RPS[off]:-0}" "${SUM_RPS[on]:-0}" "${SUM_RPS[cluster]:-0}" "${SUM_RPS[cluster_off]:-0}" "${SUM_CPU[off]:-0}" "${SUM_CPU[on]:-0}" "${SUM_CLIENT[off]:-0}" "${SUM_CLIENT[on]:-0}" "$RATIOS_ARG" "${COSTS[@]}" <<'PY'
+B_RATIOS_ARG=$(IFS=,; echo "${B_RATIOS[*]}")
+python3 - "${SUM_RPS[off]:-0}" "${SUM_RPS[on]:-0}" "${SUM_RPS[cluster]:-0}" "${SUM_RPS[cluster_off]:-0}" "${SUM_CPU[off]:-0}" "${SUM_CPU[on]:-0}" "${SUM_CLIENT[off]:-0}" "${SUM_CLIENT[on]:-0}" "$RATIOS_ARG" "$B_RATIOS_ARG" "${COSTS[@]}" <<'PY'
 import statistics, sys
 off, on, cl, cloff, cpu_off, cpu_on, client_off, client_on = map(float, sys.argv[1:9])
 ratios = [float(r) for r in sys.argv[9].split(",") if r]
-costs = sorted(float(c) for c in sys.argv[10:])
+b_ratios = [float(r) for r in sys.argv[10].split(",") if r]
+costs = sorted(float(c) for c in sys.argv[11:])
 
 def interval(xs):
     """Mean and 95 % two-sided interval, Student's t for len(xs) - 1
@@ -322,6 +342,10 @@ if on and cl:
                    "met" if low >= 0.70 else "not met" if high < 0.70 else
                    "not shown either way: more rounds narrow the interval")
         print(f"target >= 0.70x: {verdict}")
+if len(b_ratios) > 1:
+    mean, low, high = interval(b_ratios)
+    print(f"BIN_B against BIN, the cluster in the same round: mean {mean:.3f}x, "
+          f"95% interval {low:.3f}x to {high:.3f}x ({len(b_ratios)} rounds)")
 if cl and cloff:
     print(f"two replicas + Redis, limits on / off: {cl / cloff:.2f}x")
 PY
