@@ -394,9 +394,13 @@ impl Coalescer {
         spec: impl FnOnce() -> Spec,
     ) -> Result<Outcome, StoreError> {
         let (tx, rx) = oneshot::channel();
+        let now = tokio::time::Instant::now();
         let answer = Answer {
             tx,
-            deadline: tokio::time::Instant::now() + redis.timeout(),
+            // A `store.timeout` of centuries is no deadline, not an overflow.
+            deadline: now
+                .checked_add(redis.timeout())
+                .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400)),
         };
         let drive = {
             let mut waiting = self.lock();
@@ -733,5 +737,27 @@ mod tests {
             Ok(Outcome::Allowed(_))
         ));
         assert!(coalescer.lock().is_empty(), "nothing left waiting");
+    }
+
+    /// A `store.timeout` too long to add to a clock reading is no
+    /// deadline, not a panic.
+    #[tokio::test]
+    async fn a_timeout_of_centuries_is_no_deadline() {
+        let redis = TestRedis::start().await;
+        let store = RedisStore::connect(&redis.url, Duration::MAX)
+            .await
+            .expect("connect");
+        let coalescer = Arc::new(Coalescer::default());
+        let s = spec("t5", &[("plans.t.rate", rate(10, 10))], &[]);
+        let key = BatchKey {
+            worker: 0,
+            tenant: "t5".into(),
+            plan: 1,
+            rule: 1,
+        };
+        assert!(matches!(
+            coalescer.decide(&store, key, || s).await,
+            Ok(Outcome::Allowed(_))
+        ));
     }
 }
