@@ -40,7 +40,17 @@ use super::rate::Rate;
 /// One decision for `n` requests, one read (`MGET`) and one write per key:
 /// KEYS are the rate rules' keys, then the quotas' keys; ARGV[1] is the
 /// number of rate rules, ARGV[2] the number of requests `n`, then (T, tau)
-/// in microseconds per rule, then (limit, ttl in ms, 0: none) per quota.
+/// in nanoseconds per rule, then (limit, ttl in ms, 0: none) per quota.
+///
+/// Points in time are microseconds since [`EPOCH`] (on Redis `TIME`), not
+/// since 1970: at that size a Lua number (a double) keeps better than
+/// ten nanoseconds, where microseconds since 1970 keep only a quarter of
+/// one; intervals are whole nanoseconds. So an interval that is not a
+/// whole number of microseconds (700,000 a second: 1,428 ns) is kept,
+/// not truncated (to 1 µs, which let 1,000,000 a second through). Rooms
+/// are counted from differences of times, in nanoseconds, so a fresh
+/// rule's room is exactly its burst. A stored time written by an older
+/// build, in microseconds since 1970, is read as such.
 ///
 /// The first `k` requests that fit are admitted and counted; `k` is the
 /// smallest room of any rule or quota (rules first, most specific first,
@@ -51,7 +61,7 @@ use super::rate::Rate;
 /// (requests left, microseconds until whole).
 const DECIDE: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = (tonumber(t[1]) - 1767225600) * 1000000 + tonumber(t[2])
 local nr = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local stored = redis.call('MGET', unpack(KEYS))
@@ -61,9 +71,10 @@ for i = 1, nr do
   local T = tonumber(ARGV[1 + 2 * i])
   local tau = tonumber(ARGV[2 + 2 * i])
   local tat = tonumber(stored[i] or '0')
+  if tat > 1e15 then tat = tat - 1767225600000000 end
   if tat < now then tat = now end
   tats[i] = tat
-  local room = math.floor((now + tau - tat) / T) + 1
+  local room = math.floor(((now - tat) * 1000 + tau) / T) + 1
   if room < 0 then room = 0 end
   if room < k then k, why, which = room, 1, i end
 end
@@ -77,9 +88,9 @@ end
 if k > 0 then
   for i = 1, nr do
     local T = tonumber(ARGV[1 + 2 * i])
-    tats[i] = tats[i] + k * T
+    tats[i] = tats[i] + k * T / 1000
     local ttl = math.ceil((tats[i] - now) / 1000) + 1000
-    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl)
+    redis.call('SET', KEYS[i], string.format('%.3f', tats[i]), 'PX', ttl)
   end
   for q = 1, #KEYS - nr do
     local ttl = tonumber(ARGV[2 + 2 * nr + 2 * q])
@@ -95,7 +106,7 @@ if k > 0 then
 end
 local detail = 0
 if why == 1 then
-  detail = tats[which] - tonumber(ARGV[2 + 2 * which]) - now
+  detail = ((tats[which] - now) * 1000 - tonumber(ARGV[2 + 2 * which])) / 1000
 elseif why == 2 then
   detail = used[which]
 end
@@ -103,13 +114,17 @@ local out = {k, why, which, detail}
 for i = 1, nr do
   local T = tonumber(ARGV[1 + 2 * i])
   local tau = tonumber(ARGV[2 + 2 * i])
-  local remaining = math.floor((now + tau - tats[i]) / T) + 1
+  local remaining = math.floor(((now - tats[i]) * 1000 + tau) / T) + 1
   if remaining < 0 then remaining = 0 end
   out[#out + 1] = remaining
   out[#out + 1] = tats[i] - now
 end
 return out
 ";
+
+/// The origin of the decision script's clock: 2026-01-01T00:00:00Z, in
+/// seconds since 1970 (written into [`DECIDE`] as a literal).
+pub const EPOCH: u64 = 1_767_225_600;
 
 /// The outcome of a cluster limit decision for one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -169,10 +184,10 @@ impl Batch {
                 .iter()
                 .zip(&spec.rules)
                 .map(|(&(left, reset), (_, rate))| {
-                    let t = i64::try_from(rate.interval().as_micros()).unwrap_or(i64::MAX);
-                    let later = i64::try_from(later).unwrap_or(0);
-                    let left = left.saturating_add(later);
-                    let reset = reset.saturating_sub(later.saturating_mul(t));
+                    let later = u32::try_from(later).unwrap_or(u32::MAX);
+                    let sooner = rate.interval().saturating_mul(later).as_micros();
+                    let left = left.saturating_add(i64::from(later));
+                    let reset = reset.saturating_sub(i64::try_from(sooner).unwrap_or(i64::MAX));
                     (
                         u32::try_from(left.max(0)).unwrap_or(u32::MAX),
                         Duration::from_micros(u64::try_from(reset.max(0)).unwrap_or(0)),
@@ -242,10 +257,12 @@ async fn decide_batch(
     let mut inv = SCRIPT.prepare_invoke();
     inv.arg(spec.rules.len()).arg(n);
     for (path, rate) in &spec.rules {
-        let t = u64::try_from(rate.interval().as_micros()).unwrap_or(u64::MAX);
+        // Whole nanoseconds; tau as a float, since a slow rule with a big
+        // burst (one a day, a million at once) is past u64 nanoseconds.
+        let t = u64::try_from(rate.interval().as_nanos()).unwrap_or(u64::MAX);
+        let tau = t as f64 * f64::from(rate.burst.get() - 1);
         inv.key(rate_key(&spec.tenant, path));
-        inv.arg(t)
-            .arg(t.saturating_mul(u64::from(rate.burst.get() - 1)));
+        inv.arg(t).arg(tau);
     }
     for q in &spec.quotas {
         let (start, end) = q.period.window(now);
@@ -759,5 +776,67 @@ mod tests {
             coalescer.decide(&store, key, || s).await,
             Ok(Outcome::Allowed(_))
         ));
+    }
+
+    /// The script's clock starts at [`EPOCH`], and reads a stored time
+    /// of an older build (microseconds since 1970) as such.
+    #[test]
+    fn the_script_counts_from_the_epoch() {
+        assert!(DECIDE.contains(&format!("(tonumber(t[1]) - {EPOCH}) * 1000000")));
+        assert!(DECIDE.contains(&format!("tat - {EPOCH}000000")));
+    }
+
+    /// An interval that is not a whole number of microseconds is kept:
+    /// 700,000 a second (1.43 µs) is not enforced as 1,000,000 a second.
+    #[tokio::test]
+    async fn an_interval_under_a_microsecond_is_not_truncated() {
+        let redis = TestRedis::start().await;
+        let store = connect(&redis).await;
+        let now = crate::tenants::now_secs();
+        let fast = Rate {
+            requests: NonZeroU32::new(700_000).expect("nonzero"),
+            per: Duration::from_secs(1),
+            burst: NonZeroU32::new(10_000).expect("nonzero"),
+        };
+        let s = spec("t6", &[("plans.t.rate", fast)], &[]);
+        let batch = decide_batch(&store, &s, 10_000, now).await.expect("batch");
+        assert_eq!((batch.admitted, batch.why), (10_000, 0));
+        // 10,000 requests at 1.4286 µs each: the burst is whole again in
+        // 14,286 µs (less the few µs of the script), not in 10,000.
+        let (left, whole) = batch.standing[0];
+        assert_eq!(left, 0);
+        assert!((14_250..=14_286).contains(&whole), "{whole} µs");
+        // Then only what the time since has made room for fits: a round
+        // trip (well under the 1.4 ms a thousand take) later, not all of
+        // a thousand more.
+        let batch = decide_batch(&store, &s, 1_000, now).await.expect("batch");
+        assert!(batch.admitted < 1_000, "{batch:?}");
+        assert_eq!((batch.why, batch.which), (1, 1));
+    }
+
+    /// A rule's stored time written by an older build, in microseconds
+    /// since 1970, still counts: a burst used up stays used up.
+    #[tokio::test]
+    async fn a_stored_time_since_1970_is_read_as_such() {
+        let redis = TestRedis::start().await;
+        let store = connect(&redis).await;
+        let mut conn = store.connection().await.expect("conn");
+        let (secs, micros_now): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .expect("time");
+        // Three requests' worth ahead of now, with burst 3: used up.
+        let tat = (secs * 1_000_000 + micros_now + 3 * 20_000_000).to_string();
+        let _: () = redis::cmd("SET")
+            .arg(rate_key("t7", "plans.t.rate"))
+            .arg(&tat)
+            .query_async(&mut conn)
+            .await
+            .expect("set");
+        let s = spec("t7", &[("plans.t.rate", rate(3, 3))], &[]);
+        let batch = decide_batch(&store, &s, 1, crate::tenants::now_secs())
+            .await
+            .expect("batch");
+        assert_eq!((batch.admitted, batch.why), (0, 1), "{batch:?}");
     }
 }

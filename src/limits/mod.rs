@@ -199,8 +199,9 @@ fn interned(text: String) -> &'static str {
 }
 
 /// The shortest interval between two requests a rate rule may set: one
-/// microsecond, the resolution of the cluster decision (see
-/// [`cluster`]), so that every rule means the same on one node and on N.
+/// microsecond, the resolution of the clock the cluster decides on (Redis
+/// `TIME`, see [`cluster`]), so that every rule means the same on one
+/// node and on N.
 pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_micros(1);
 
 /// One compiled plan.
@@ -524,9 +525,9 @@ fn compile(
             per: r.per.get(),
             burst,
         };
-        // The Redis store's script counts time in whole microseconds (on
-        // Redis `TIME`): a faster rule would have no interval there, and
-        // no limit at all. One node enforces the same rules as many.
+        // The Redis store's script decides on Redis `TIME`, which counts
+        // microseconds: no rule is finer than that clock, so one node
+        // enforces the same rules as many.
         let limiter = (rate.interval() >= MIN_INTERVAL)
             .then(|| RuleLimiter::new(rate))
             .flatten();
