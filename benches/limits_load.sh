@@ -25,7 +25,11 @@
 #        RESTART=1 to start every set-up's gateways afresh in every round;
 #        BIN_B=path to a second binary: adds the set-up cluster_b, the
 #        cluster on BIN_B (its own Redis database), and the per-round ratio
-#        of cluster_b to cluster, to compare two builds in the same rounds)
+#        of cluster_b to cluster, to compare two builds in the same rounds;
+#        TENANTS=N to spread the requests over N tenants, each wrk request
+#        taking the next tenant's key in turn: with one tenant the cluster
+#        decides a tenant's concurrent requests in one script call, with
+#        many each request is mostly its own call)
 #
 # Many short rounds, because the machine is noisy: on the 2-core VMs of
 # BENCHMARKS.md a fixed piece of pure CPU work takes up to 45 % longer from
@@ -49,6 +53,7 @@ CONNECTIONS=${CONNECTIONS:-50}
 ROUNDS=${ROUNDS:-60}
 WARMUP=${WARMUP:-2s}
 RESTART=${RESTART:-0}
+TENANTS=${TENANTS:-1}
 NODE_WORKERS=${NODE_WORKERS:-2}
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -180,6 +185,19 @@ start_setup() {
   esac
   wait_up "http://127.0.0.1:$a1/healthz"; wait_up "http://127.0.0.1:$a2/healthz"
   KEY[$t]=$(provision "$a1")
+  if [ "$TENANTS" -gt 1 ]; then
+    # A wrk script that takes the next tenant's key for every request.
+    { echo "local keys = {"
+      echo "  \"${KEY[$t]}\","
+      for _ in $(seq 2 "$TENANTS"); do echo "  \"$(provision "$a1")\","; done
+      echo "}"
+      echo "local i = math.random(#keys)"
+      echo "request = function()"
+      echo "  i = i % #keys + 1"
+      echo "  return wrk.format(nil, nil, { [\"Authorization\"] = \"Bearer \" .. keys[i] })"
+      echo "end"
+    } > "$WORK/keys_$t.lua"
+  fi
   URL1[$t]="http://127.0.0.1:$p1$PATH_CUS"; URL2[$t]="http://127.0.0.1:$p2$PATH_CUS"
   for u in "${URL1[$t]}" "${URL2[$t]}"; do
     code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${KEY[$t]}" "$u")
@@ -191,8 +209,13 @@ start_setup() {
         || { echo "limits are not on for 'on'" >&2; exit 1; } ;;
     esac
   fi
-  wrk -t1 -c10 -d"$WARMUP" -H "Authorization: Bearer ${KEY[$t]}" "${URL1[$t]}" >/dev/null
-  wrk -t1 -c10 -d"$WARMUP" -H "Authorization: Bearer ${KEY[$t]}" "${URL2[$t]}" >/dev/null
+  local AUTH; auth "$t"
+  wrk -t1 -c10 -d"$WARMUP" "${AUTH[@]}" "${URL1[$t]}" >/dev/null
+  wrk -t1 -c10 -d"$WARMUP" "${AUTH[@]}" "${URL2[$t]}" >/dev/null
+}
+# auth T: sets AUTH to wrk's arguments for set-up T's credentials.
+auth() {
+  if [ "$TENANTS" -gt 1 ]; then AUTH=(-s "$WORK/keys_$1.lua"); else AUTH=(-H "Authorization: Bearer ${KEY[$1]}"); fi
 }
 
 # One wrk process: "rps p50_ms p99_ms errors requests client_cpu_s" (the
@@ -201,7 +224,8 @@ start_setup() {
 one() {
   local out; out=$(mktemp -p "$WORK")
   local TIMEFORMAT='%U %S'
-  { time wrk -t1 -c"$((CONNECTIONS / 2))" -d"$DURATION" --latency -H "Authorization: Bearer $2" "$1" > "$out"; } 2> "$out.time"
+  local AUTH; auth "$2"
+  { time wrk -t1 -c"$((CONNECTIONS / 2))" -d"$DURATION" --latency "${AUTH[@]}" "$1" > "$out"; } 2> "$out.time"
   awk -v client="$(tail -1 "$out.time" | awk '{ print $1 + $2 }')" '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /Requests\/sec/ { rps=$2 }
@@ -226,8 +250,8 @@ cpu_ticks() {
 run() {
   local before after
   before=$(cpu_ticks "$1")
-  one "${URL1[$1]}" "${KEY[$1]}" > "$WORK/a" & local a=$!
-  one "${URL2[$1]}" "${KEY[$1]}" > "$WORK/b" & local b=$!
+  one "${URL1[$1]}" "$1" > "$WORK/a" & local a=$!
+  one "${URL2[$1]}" "$1" > "$WORK/b" & local b=$!
   wait $a $b
   after=$(cpu_ticks "$1")
   paste -d' ' "$WORK/a" "$WORK/b" | awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" \
@@ -283,7 +307,7 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 MEM=$(free -g | awk '/Mem:/{print $2" GiB"}')
 echo
 echo "Date: $(date -u +%Y-%m-%dT%H:%MZ); commit $COMMIT; machine: $(nproc) cores ($CPU), $MEM;"
-echo "load average at start: $LOAD_AT_START; client: 2 × wrk -t1 -c$((CONNECTIONS / 2)) -d$DURATION (HTTP/1.1 keep-alive),"
+echo "load average at start: $LOAD_AT_START; client: 2 × wrk -t1 -c$((CONNECTIONS / 2)) -d$DURATION (HTTP/1.1 keep-alive), $TENANTS tenant(s),"
 if [ "$RESTART" = 0 ]; then FRESH="the same gateway processes in every round"; else FRESH="fresh gateway processes (new data) for every set-up in every round"; fi
 echo "$ROUNDS interleaved rounds (every other one in reverse order), $FRESH, each after a $WARMUP warm-up; means shown; servers, Redis and client share the $(nproc) cores."
 echo
